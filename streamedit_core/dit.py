@@ -1,0 +1,319 @@
+"""StreamEditDiT: the multi-scale adaptive diffusion transformer that predicts the velocity.
+
+Reads top-down: embeddings -> block (PTCM inside) -> model. After DiT
+(https://github.com/facebookresearch/DiT, adaLN-zero, initialisation rules), U-ViT's long skips
+(https://arxiv.org/abs/2209.12152), and StreamDiT / StreamEdit-DiT for one timestep per frame.
+
+Layout inside the model: tokens `[B, T, N, D]` (batch, latent frames of the window, tokens per
+frame, width). A window holds clean history frames (t == 0) followed by in-flight frames at
+their own noise levels, so every modulation is per frame: `[B, T, D]` broadcast over the N tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import attention as attention_fn
+from .config import ATTENTION_BACKENDS, DiTConfig
+from .types import TextEmbedding
+
+NUM_TEXT_REGISTERS = 4  # learned text tokens that are always attended: the null prompt stays defined
+
+
+# --- Embeddings -----------------------------------------------------------------------------
+
+def sincos_1d(pos: Tensor, dim: int) -> Tensor:
+    """Sin-cos embedding of (possibly fractional) positions: [...] -> [..., dim] float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    args = pos.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+def sincos_2d(gh: int, gw: int, dim: int, device: torch.device) -> Tensor:
+    """Size-free spatial position of a gh x gw token grid: [gh * gw, dim] float32 (half rows, half cols)."""
+    rows = torch.arange(gh, device=device).repeat_interleave(gw)
+    cols = torch.arange(gw, device=device).repeat(gh)
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim - dim // 2)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Noise level t in [0, 1] -> [..., D]: sin-cos of 1000 * t, then a 2-layer MLP (as in DiT)."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256, device=None, dtype=None, operations=None) -> None:
+        super().__init__()
+        ops = operations or nn
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(ops.Linear(freq_dim, hidden, device=device, dtype=dtype), nn.SiLU(),
+                                 ops.Linear(hidden, hidden, device=device, dtype=dtype))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(sincos_1d(1000.0 * t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x [B, T, N, D], shift/scale [B, T, D] (one per frame) -> x * (1 + scale) + shift."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+# --- Block ----------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head attention projections; `kv_from` None = self-attention."""
+
+    def __init__(self, hidden: int, heads: int, device=None, dtype=None, operations=None) -> None:
+        super().__init__()
+        ops = operations or nn
+        self.heads = heads
+        self.q = ops.Linear(hidden, hidden, device=device, dtype=dtype)
+        self.kv = ops.Linear(hidden, 2 * hidden, device=device, dtype=dtype)
+        self.out = ops.Linear(hidden, hidden, device=device, dtype=dtype)
+
+    def qkv(self, x: Tensor, kv_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, L, D] (keys/values from kv_from [B, S, D] if given) -> q [B, L, H, d], k, v [B, S, H, d]."""
+        src = x if kv_from is None else kv_from
+        q = self.q(x).unflatten(-1, (self.heads, -1))
+        k, v = self.kv(src).unflatten(-1, (2, self.heads, -1)).unbind(-3)
+        return q, k, v
+
+
+class StreamEditBlock(nn.Module):
+    """One DiT block over a window; four adaLN-zero sections, each modulated per frame."""
+
+    def __init__(self, cfg: DiTConfig, device=None, dtype=None, operations=None) -> None:
+        super().__init__()
+        ops = operations or nn
+        D, kw = cfg.hidden_size, dict(device=device, dtype=dtype)
+        self.cfg = cfg
+        self.norm = nn.ModuleList(ops.LayerNorm(D, elementwise_affine=False, eps=1e-6, **kw) for _ in range(4))
+        self.self_attn = Attention(D, cfg.num_heads, operations=ops, **kw)
+        self.temporal_attn = Attention(D, cfg.num_heads, operations=ops, **kw)
+        self.history_norm = ops.LayerNorm(D, elementwise_affine=False, eps=1e-6, **kw)
+        self.history_proj = ops.Linear(D, D, **kw)
+        self.history_gate = nn.Parameter(torch.zeros(D, **kw))  # tanh(0) = 0: fusion starts off
+        self.cross_attn = Attention(D, cfg.num_heads, operations=ops, **kw)
+        mlp_hidden = int(D * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(ops.Linear(D, mlp_hidden, **kw), nn.GELU(approximate="tanh"),
+                                 ops.Linear(mlp_hidden, D, **kw))
+        # shift, scale, gate for each of the 4 sections, per frame.
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), ops.Linear(D, 12 * D, **kw))
+
+    def forward(self, h: Tensor, c: Tensor, history: Tensor, text: Tensor, text_mask: Tensor,
+                backend: str) -> Tensor:
+        """h [B, T, N, D] tokens; c [B, T, D] per-frame conditioning; history [B, T] float, 1 for
+        clean history frames; text [B, S, D] with text_mask [B, S] bool; backend: self-attention."""
+        B, T, N, D = h.shape
+        mods = self.adaLN_modulation(c).chunk(12, dim=-1)  # 12 x [B, T, D]
+
+        # 1. Spatial-temporal self-attention over all T * N tokens of the window.
+        x = modulate(self.norm[0](h), mods[0], mods[1]).reshape(B, T * N, D)
+        q, k, v = self.self_attn.qkv(x)
+        a = attention_fn(q, k, v, backend, frame_tokens=N, window_frames=self.cfg.window_frames,
+                         block_size=self.cfg.dsa_block_size, density=self.cfg.dsa_density)
+        h = h + mods[2][:, :, None] * self.self_attn.out(a.flatten(2)).reshape(B, T, N, D)
+
+        # 2. PTCM: temporal attention across the T frames at every token position ...
+        x = modulate(self.norm[1](h), mods[3], mods[4]).transpose(1, 2).reshape(B * N, T, D)
+        q, k, v = self.temporal_attn.qkv(x)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        a = self.temporal_attn.out(a.transpose(1, 2).flatten(2)).reshape(B, N, T, D).transpose(1, 2)
+        h = h + mods[5][:, :, None] * a
+        # ... then gated fusion of the history frames' mean feature into the in-flight frames.
+        w = history[:, :, None, None]  # [B, T, 1, 1]
+        hist_mean = (h * w).sum(1) / w.sum(1).clamp(min=1.0)  # [B, N, D]; zeros without history
+        fused = self.history_proj(self.history_norm(hist_mean)) * (w.sum(1) > 0).to(h.dtype)
+        h = h + (1 - w) * torch.tanh(self.history_gate) * fused[:, None]
+
+        # 3. Cross-attention to the text tokens (padding masked; registers always visible).
+        x = modulate(self.norm[2](h), mods[6], mods[7]).reshape(B, T * N, D)
+        q, k, v = self.cross_attn.qkv(x, kv_from=text)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=text_mask[:, None, None, :])
+        h = h + mods[8][:, :, None] * self.cross_attn.out(a.transpose(1, 2).flatten(2)).reshape(B, T, N, D)
+
+        # 4. MLP.
+        h = h + mods[11][:, :, None] * self.mlp(modulate(self.norm[3](h), mods[9], mods[10]))
+        return h
+
+
+# --- Model ----------------------------------------------------------------------------------
+
+class StreamEditDiT(nn.Module):
+    """Velocity predictor over a window of latent frames; see `forward`."""
+
+    def __init__(self, cfg: DiTConfig, device=None, dtype=None, operations=None) -> None:
+        super().__init__()
+        ops = operations or nn
+        D, p, C, kw = cfg.hidden_size, cfg.patch_size, cfg.latent_channels, dict(device=device, dtype=dtype)
+        self.cfg = cfg
+        self.patch_embed = ops.Linear(2 * C * p * p, D, **kw)  # noisy latents and source, channel-concat
+        self.temporal_pos = nn.Parameter(torch.zeros(cfg.max_frames, D, **kw))
+        self.t_embedder = TimestepEmbedder(D, operations=ops, **kw)
+        self.text_proj = nn.ModuleList(ops.Linear(m.dim, D, **kw) for m in cfg.text_members)
+        self.text_type = nn.Parameter(torch.zeros(len(cfg.text_members), D, **kw))
+        self.text_registers = nn.Parameter(torch.zeros(NUM_TEXT_REGISTERS, D, **kw))
+
+        def blocks(n: int) -> nn.ModuleList:
+            return nn.ModuleList(StreamEditBlock(cfg, operations=ops, **kw) for _ in range(n))
+
+        self.outer_in = blocks(cfg.depth_outer)
+        self.merge = ops.Linear(4 * D, D, **kw)  # 2x2 tokens -> 1
+        self.inner = blocks(cfg.depth_inner)
+        self.unmerge = ops.Linear(D, 4 * D, **kw)
+        self.outer_out = blocks(cfg.depth_outer)
+        self.skip_proj = nn.ModuleList(ops.Linear(2 * D, D, **kw) for _ in range(cfg.depth_outer))
+        self.final_norm = ops.LayerNorm(D, elementwise_affine=False, eps=1e-6, **kw)
+        self.final_modulation = nn.Sequential(nn.SiLU(), ops.Linear(D, 2 * D, **kw))
+        self.final_linear = ops.Linear(D, C * p * p, **kw)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's rules (run explicitly: injected `operations` may skip their own init)."""
+        # Every linear: xavier-uniform, zero bias (transformer default in DiT).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # Timestep MLP and the learned tables: small normal, as DiT's embedders.
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for table in (self.temporal_pos, self.text_type, self.text_registers):
+            nn.init.normal_(table, std=0.02)
+        # adaLN-zero: every modulation starts at zero, so each block starts as the identity.
+        for block in (*self.outer_in, *self.inner, *self.outer_out):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_modulation[-1].weight)
+        nn.init.zeros_(self.final_modulation[-1].bias)
+        # Zero output layer: the untrained model predicts zero velocity.
+        nn.init.zeros_(self.final_linear.weight)
+        nn.init.zeros_(self.final_linear.bias)
+
+    # -- input checks and embeddings --
+
+    def _check_inputs(self, x: Tensor, t: Tensor, cond: Tensor, text: TextEmbedding) -> None:
+        cfg, p = self.cfg, self.cfg.patch_size
+        if x.dim() != 5 or x.shape[1] != cfg.latent_channels:
+            raise ValueError(f"x must be latents [B, {cfg.latent_channels}, T, h, w], got {tuple(x.shape)}")
+        if cond.shape != x.shape:
+            raise ValueError(f"cond must have the shape of x {tuple(x.shape)}, got {tuple(cond.shape)}")
+        B, _, T, h, w = x.shape
+        if t.shape != (B, T):
+            raise ValueError(f"t must be [B, T] = [{B}, {T}] (one noise level per latent frame), "
+                             f"got {tuple(t.shape)}")
+        if T > cfg.max_frames:
+            raise ValueError(f"window of {T} latent frames exceeds max_frames={cfg.max_frames}")
+        if h % (2 * p) or w % (2 * p):
+            raise ValueError(f"latent size {h}x{w} is not supported: h and w must be multiples of "
+                             f"{2 * p} (patch_size={p}, then a 2x2 token merge)")
+        if len(text.states) != len(cfg.text_members) or len(text.masks) != len(cfg.text_members):
+            raise ValueError(f"text has {len(text.states)} members, the model expects "
+                             f"{len(cfg.text_members)} ({[m.kind for m in cfg.text_members]})")
+        for i, (s, m, member) in enumerate(zip(text.states, text.masks, cfg.text_members)):
+            if s.dim() != 3 or s.shape[0] != B or s.shape[2] != member.dim:
+                raise ValueError(f"text member {i} ({member.kind}): states must be [{B}, L, {member.dim}], "
+                                 f"got {tuple(s.shape)}")
+            if m.shape != s.shape[:2] or m.dtype != torch.bool:
+                raise ValueError(f"text member {i} ({member.kind}): mask must be bool {tuple(s.shape[:2])}, "
+                                 f"got {m.dtype} {tuple(m.shape)}")
+
+    def embed_text(self, text: TextEmbedding) -> tuple[Tensor, Tensor]:
+        """Project every member to D, add its type embedding, concatenate, prepend the registers.
+        Returns tokens [B, R + sum L_i, D] and mask [B, R + sum L_i] bool (registers always True)."""
+        B = text.batch_size
+        tokens = [self.text_registers.expand(B, -1, -1)]
+        masks = [torch.ones(B, NUM_TEXT_REGISTERS, dtype=torch.bool, device=self.text_registers.device)]
+        for i, (proj, s, m) in enumerate(zip(self.text_proj, text.states, text.masks)):
+            tokens.append(proj(s.to(proj.weight.dtype)) + self.text_type[i])
+            masks.append(m.to(self.text_registers.device))
+        return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
+
+    def _patchify(self, x: Tensor) -> Tensor:
+        """[B, C, T, h, w] -> [B, T, N, C*p*p] with N = (h/p) * (w/p), row-major over the grid."""
+        B, C, T, h, w = x.shape
+        p = self.cfg.patch_size
+        x = x.reshape(B, C, T, h // p, p, w // p, p).permute(0, 2, 3, 5, 1, 4, 6)  # [B, T, gh, gw, C, p, p]
+        return x.reshape(B, T, (h // p) * (w // p), C * p * p)
+
+    def _unpatchify(self, y: Tensor, h: int, w: int) -> Tensor:
+        """[B, T, N, C*p*p] -> [B, C, T, h, w]."""
+        B, T = y.shape[:2]
+        p, C = self.cfg.patch_size, self.cfg.latent_channels
+        y = y.reshape(B, T, h // p, w // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)  # [B, C, T, gh, p, gw, p]
+        return y.reshape(B, C, T, h, w)
+
+    @staticmethod
+    def _merge_layout(h: Tensor, gh: int, gw: int) -> Tensor:
+        """[B, T, gh*gw, D] -> [B, T, gh/2*gw/2, 4*D]: each 2x2 group of tokens side by side."""
+        B, T, _, D = h.shape
+        h = h.reshape(B, T, gh // 2, 2, gw // 2, 2, D).permute(0, 1, 2, 4, 3, 5, 6)
+        return h.reshape(B, T, (gh // 2) * (gw // 2), 4 * D)
+
+    @staticmethod
+    def _unmerge_layout(h: Tensor, gh: int, gw: int) -> Tensor:
+        """Inverse of `_merge_layout`: [B, T, gh/2*gw/2, 4*D] -> [B, T, gh*gw, D]."""
+        B, T, _, D4 = h.shape
+        h = h.reshape(B, T, gh // 2, gw // 2, 2, 2, D4 // 4).permute(0, 1, 2, 4, 3, 5, 6)
+        return h.reshape(B, T, gh * gw, D4 // 4)
+
+    def _run(self, block: StreamEditBlock, h: Tensor, *args) -> Tensor:
+        if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, *args, use_reentrant=False)
+        return block(h, *args)
+
+    # -- forward --
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, text: TextEmbedding,
+                attention: str | None = None) -> Tensor:
+        """Predict the velocity v = eps - x0 for every frame of the window.
+
+        x     [B, 12, T, h, w] the window: clean history frames (t == 0), then in-flight frames
+        t     [B, T] float noise level in [0, 1] of each latent frame
+        cond  [B, 12, T, h, w] the source video's latents for the same frames
+        text  TextEmbedding with batch B (all-False masks = the null prompt)
+        attention: self-attention backend for this call (default cfg.attention)
+        Returns the velocity [B, 12, T, h, w] in x's dtype.
+        """
+        self._check_inputs(x, t, cond, text)
+        backend = self.cfg.attention if attention is None else attention
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
+        B, _, T, h, w = x.shape
+        gh, gw = h // self.cfg.patch_size, w // self.cfg.patch_size
+        dtype = self.patch_embed.weight.dtype
+
+        # Tokens: patches of [x, cond] + spatial (size-free) + temporal (window slot) position.
+        tokens = self._patchify(torch.cat([x, cond], dim=1).to(dtype))  # [B, T, N, 2*C*p*p]
+        pos = sincos_2d(gh, gw, self.cfg.hidden_size, x.device).to(dtype)  # [N, D]
+        hs = self.patch_embed(tokens) + pos + self.temporal_pos[:T, None]  # [B, T, N, D]
+        c = self.t_embedder(t)  # [B, T, D]
+        history = (t == 0).to(dtype)  # [B, T]; tensor op, no host sync
+        text_tokens, text_mask = self.embed_text(text)
+
+        args = (c, history, text_tokens, text_mask, backend)
+
+        # Full resolution, first half: keep each output for the U-Net-style skips.
+        skips = []
+        for block in self.outer_in:
+            hs = self._run(block, hs, *args)
+            skips.append(hs)
+        # Middle: 2x2-merged tokens (4x fewer), back up with a skip from before the merge.
+        pre_merge = hs
+        hs = self.merge(self._merge_layout(hs, gh, gw))  # [B, T, N/4, D]
+        for block in self.inner:
+            hs = self._run(block, hs, *args)
+        hs = pre_merge + self._unmerge_layout(self.unmerge(hs), gh, gw)  # [B, T, N, D]
+        # Full resolution, second half: concat the mirrored first-half output, project back to D.
+        for block, proj in zip(self.outer_out, self.skip_proj):
+            hs = proj(torch.cat([hs, skips.pop()], dim=-1))
+            hs = self._run(block, hs, *args)
+
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
+        return self._unpatchify(out, h, w).to(x.dtype)
