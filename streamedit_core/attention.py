@@ -99,9 +99,9 @@ def _block_pool(x: Tensor, block_size: int) -> Tensor:
     partial block is averaged over its real tokens only."""
     B, L, H, D = x.shape
     nb = math.ceil(L / block_size)
-    xp = F.pad(x.float(), (0, 0, 0, 0, 0, nb * block_size - L))
+    xp = F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 0, 0, 0, 0, nb * block_size - L))
     sums = xp.reshape(B, nb, block_size, H, D).sum(2)  # [B, nb, H, D]
-    counts = torch.full((nb,), float(block_size), device=x.device)
+    counts = torch.full((nb,), float(block_size), device=x.device, dtype=xp.dtype)
     counts[-1] = L - (nb - 1) * block_size
     return (sums / counts[None, :, None, None]).transpose(1, 2)
 

@@ -1,0 +1,225 @@
+"""StreamEditDiT: shapes, conditioning that matters (per-frame t, text, history), backends,
+gradient checkpointing, a tiny training sanity check, and the input checks."""
+import dataclasses
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from streamedit_core.config import PRESETS
+from streamedit_core.dit import StreamEditDiT
+from streamedit_core.types import TextEmbedding
+
+CFG = PRESETS["tiny"].dit
+
+
+def _model(cfg=CFG, seed=0, perturb=0.05):
+    """A tiny DiT whose zero-initialised layers (adaLN, gates, output) are perturbed, so every
+    path contributes to the output (the freshly initialised model outputs exactly zero)."""
+    torch.manual_seed(seed)
+    model = StreamEditDiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    return model.eval()
+
+
+def _inputs(B=2, T=4, h=4, w=4, seed=0, text_len=16, real_tokens=5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 12, T, h, w, generator=g)
+    cond = torch.randn(B, 12, T, h, w, generator=g)
+    t = torch.rand(B, T, generator=g)
+    t[:, 0] = 0.0  # one clean history frame
+    states = torch.randn(B, text_len, 384, generator=g)
+    mask = torch.arange(text_len)[None].expand(B, -1) < real_tokens
+    return x, t, cond, TextEmbedding((states,), (mask,))
+
+
+def test_fresh_model_predicts_zero_velocity_with_the_right_shape():
+    model = StreamEditDiT(CFG)
+    x, t, cond, text = _inputs()
+    v = model(x, t, cond, text)
+    assert v.shape == x.shape and v.dtype == x.dtype
+    assert torch.count_nonzero(v) == 0  # zero-initialised output layer
+
+
+@pytest.mark.parametrize("backend", ["dense", "window", "dsa"])
+@pytest.mark.parametrize("size", [(4, 4), (8, 4)])
+def test_output_shape_every_backend_and_size(backend, size):
+    model = _model()
+    x, t, cond, text = _inputs(h=size[0], w=size[1])
+    v = model(x, t, cond, text, attention=backend)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_null_prompt_is_finite_and_ignores_padding():
+    model = _model()
+    x, t, cond, text = _inputs()
+    null = TextEmbedding(text.states, (torch.zeros_like(text.masks[0]),))
+    v_null = model(x, t, cond, null)
+    assert torch.isfinite(v_null).all()
+    assert not torch.allclose(v_null, model(x, t, cond, text)), "the prompt must matter"
+    # Masked (padded) token states must not matter.
+    states = text.states[0].clone()
+    states[:, 5:] = 1e3 * torch.randn_like(states[:, 5:])
+    v_pad = model(x, t, cond, TextEmbedding((states,), text.masks))
+    torch.testing.assert_close(v_pad, model(x, t, cond, text))
+
+
+def test_timestep_of_one_frame_changes_the_output():
+    model = _model()
+    x, t, cond, text = _inputs()
+    v = model(x, t, cond, text)
+    t2 = t.clone()
+    t2[:, 2] = t2[:, 2] * 0.5 + 0.25
+    v2 = model(x, t2, cond, text)
+    assert not torch.allclose(v[:, :, 2], v2[:, :, 2])
+
+
+def test_history_frames_are_fused_through_the_gate():
+    # A frame becomes history when its t is 0; the gated fusion then feeds the other frames.
+    model = _model()
+    x, t, cond, text = _inputs()
+    for block in (*model.outer_in, *model.inner, *model.outer_out):
+        nn.init.zeros_(block.history_gate)
+    v_closed = model(x, t, cond, text)
+    for block in (*model.outer_in, *model.inner, *model.outer_out):
+        nn.init.constant_(block.history_gate, 0.5)
+    v_open = model(x, t, cond, text)
+    assert not torch.allclose(v_closed[:, :, 1:], v_open[:, :, 1:])
+    # Without history frames (no t == 0) the fusion adds nothing.
+    t_none = t.clone()
+    t_none[:, 0] = 0.1
+    v_open = model(x, t_none, cond, text)
+    for block in (*model.outer_in, *model.inner, *model.outer_out):
+        nn.init.zeros_(block.history_gate)
+    torch.testing.assert_close(model(x, t_none, cond, text), v_open)
+
+
+def test_batch_rows_are_independent():
+    model = _model()
+    x, t, cond, text = _inputs(B=2)
+    v = model(x, t, cond, text)
+    one = TextEmbedding((text.states[0][1:],), (text.masks[0][1:],))
+    torch.testing.assert_close(model(x[1:], t[1:], cond[1:], one), v[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_backends_agree_where_their_masks_are_full():
+    # dsa at density 1 is dense attention; so is the (causal) frame window over a single frame.
+    cfg = dataclasses.replace(CFG, dsa_density=1.0, dsa_block_size=3)
+    model = _model(cfg)
+    x, t, cond, text = _inputs(T=4)
+    dense = model(x, t, cond, text, attention="dense")
+    torch.testing.assert_close(model(x, t, cond, text, attention="dsa"), dense, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(model(x, t, cond, text, attention="window"), dense)
+    x1, t1, cond1, text1 = _inputs(T=1)
+    torch.testing.assert_close(model(x1, t1, cond1, text1, attention="window"),
+                               model(x1, t1, cond1, text1, attention="dense"), atol=1e-5, rtol=1e-4)
+
+
+def test_backend_defaults_to_the_config():
+    x, t, cond, text = _inputs()
+    window = _model()(x, t, cond, text, attention="window")
+    torch.testing.assert_close(_model(dataclasses.replace(CFG, attention="window"))(x, t, cond, text), window)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, t, cond, text = _inputs()
+    grads = []
+    for ckpt in (False, True):
+        model = _model(dataclasses.replace(CFG, grad_checkpointing=ckpt)).train()
+        model(x, t, cond, text).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_a_few_optimizer_steps_reduce_a_fixed_batch_loss():
+    torch.manual_seed(0)
+    model = StreamEditDiT(CFG).train()  # the real initialisation, zero output layer included
+    x0, t, cond, text = _inputs()
+    eps = torch.randn_like(x0)
+    tt = t[:, None, :, None, None]
+    xt, target = (1 - tt) * x0 + tt * eps, eps - x0
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = (model(xt, t, cond, text) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_bfloat16_forward():
+    model = _model().to(torch.bfloat16)
+    x, t, cond, text = _inputs()
+    v = model(x.bfloat16(), t, cond.bfloat16(), text)
+    assert v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all()
+
+
+def test_operations_are_injected():
+    made = []
+
+    class Linear(nn.Linear):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    ops = types.SimpleNamespace(Linear=Linear, LayerNorm=nn.LayerNorm)
+    model = StreamEditDiT(CFG, operations=ops)
+    assert len(made) == sum(isinstance(m, nn.Linear) for m in model.modules())
+    x, t, cond, text = _inputs()
+    assert model(x, t, cond, text).shape == x.shape
+
+
+def test_bad_inputs():
+    model = StreamEditDiT(CFG)
+    x, t, cond, text = _inputs(B=2, T=4)
+    with pytest.raises(ValueError, match=r"cond must have the shape of x \(2, 12, 4, 4, 4\), got \(2, 12, 3, 4, 4\)"):
+        model(x, t, cond[:, :, :3], text)
+    with pytest.raises(ValueError, match=r"x must be latents \[B, 12, T, h, w\], got \(2, 8, 4, 4, 4\)"):
+        model(x[:, :8], t, cond[:, :8], text)
+    with pytest.raises(ValueError, match=r"t must be \[B, T\] = \[2, 4\].*got \(2,\)"):
+        model(x, t[:, 0], cond, text)
+    xl, tl, cl, textl = _inputs(B=1, T=CFG.max_frames + 1)
+    with pytest.raises(ValueError, match=f"{CFG.max_frames + 1} latent frames exceeds max_frames={CFG.max_frames}"):
+        model(xl, tl, cl, textl)
+    xo, to, co, texto = _inputs(h=6, w=4)
+    with pytest.raises(ValueError, match="latent size 6x4 is not supported"):
+        model(xo, to, co, texto)
+    xo, to, co, texto = _inputs(h=4, w=5)
+    with pytest.raises(ValueError, match="latent size 4x5 is not supported"):
+        model(xo, to, co, texto)
+    two = TextEmbedding(text.states * 2, text.masks * 2)
+    with pytest.raises(ValueError, match="text has 2 members, the model expects 1"):
+        model(x, t, cond, two)
+    wrong_dim = TextEmbedding((text.states[0][..., :100],), text.masks)
+    with pytest.raises(ValueError, match=r"states must be \[2, L, 384\], got \(2, 16, 100\)"):
+        model(x, t, cond, wrong_dim)
+    wrong_batch = TextEmbedding((text.states[0][:1],), (text.masks[0][:1],))
+    with pytest.raises(ValueError, match=r"states must be \[2, L, 384\], got \(1, 16, 384\)"):
+        model(x, t, cond, wrong_batch)
+    float_mask = TextEmbedding(text.states, (text.masks[0].float(),))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        model(x, t, cond, float_mask)
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        model(x, t, cond, text, attention="flash")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["dense", "window", "dsa"])
+def test_forward_has_no_host_sync(backend):
+    model = _model().cuda()
+    x, t, cond, text = (a.cuda() if torch.is_tensor(a) else a.to("cuda") for a in _inputs())
+    model(x, t, cond, text, attention=backend)  # warm up (first-call allocations)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        v = model(x, t, cond, text, attention=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert v.shape == x.shape
