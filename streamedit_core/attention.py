@@ -40,15 +40,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str, *, frame_tokens: in
         raise ValueError(f"attention expects q, k, v as [B, L, H, D] with matching B, H, D; got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if backend == "dense":
-        return _sdpa(q, k, v)
+        return sdpa(q, k, v)
     if backend == "window":
         return window_attention(q, k, v, frame_tokens=frame_tokens, window_frames=window_frames)
     return dsa_attention(q, k, v, block_size=block_size, density=density,
                          frame_tokens=frame_tokens, global_kv=global_kv)
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """SDPA in our layout: [B, L, H, D] in and out; mask broadcastable to [B, H, Lq, Lk], True = attend."""
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """`F.scaled_dot_product_attention` in our layout: q [B, Lq, H, D], k, v [B, Lk, H, D] ->
+    [B, Lq, H, D]; mask broadcastable to [B, H, Lq, Lk] bool, True = attend."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask)
     return out.transpose(1, 2)
@@ -88,7 +89,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, *, frame_tokens: int,
     vb = vp[:, idx].reshape(B * T, (W + 1) * n, H, D)
     valid = (idx >= W).repeat_interleave(n, dim=1)  # [T, (W+1)*n]: key frame index >= 0
     mask = valid[None, :, None, None, :].expand(B, T, 1, 1, (W + 1) * n).reshape(B * T, 1, 1, -1)
-    out = _sdpa(qf.reshape(B * T, n, H, D), kb, vb, mask)  # [B*T, n, H, D]
+    out = sdpa(qf.reshape(B * T, n, H, D), kb, vb, mask)  # [B*T, n, H, D]
     return out.reshape(B, L, H, D)
 
 
@@ -166,7 +167,7 @@ def dsa_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, density: 
     """Reference DSA: exact attention restricted to `dsa_block_mask`. [B, L, H, D] -> same."""
     block_mask = dsa_block_mask(q, k, block_size=block_size, density=density,
                                 frame_tokens=frame_tokens, global_kv=global_kv)
-    return _sdpa(q, k, v, expand_block_mask(block_mask, block_size, q.shape[1], k.shape[1]))
+    return sdpa(q, k, v, expand_block_mask(block_mask, block_size, q.shape[1], k.shape[1]))
 
 
 def block_mask_to_csr(mask: Tensor) -> tuple[Tensor, Tensor]:

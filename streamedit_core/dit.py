@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attention as attention_fn
+from .attention import sdpa
 from .config import ATTENTION_BACKENDS, DiTConfig
 from .types import TextEmbedding
 
@@ -64,7 +65,7 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 # --- Block ----------------------------------------------------------------------------------
 
 class Attention(nn.Module):
-    """Multi-head attention projections; `kv_from` None = self-attention."""
+    """Multi-head attention projections (q, kv, out); the attention itself is the caller's."""
 
     def __init__(self, hidden: int, heads: int, device=None, dtype=None, operations=None) -> None:
         super().__init__()
@@ -120,8 +121,7 @@ class StreamEditBlock(nn.Module):
         # 2. PTCM: temporal attention across the T frames at every token position ...
         x = modulate(self.norm[1](h), mods[3], mods[4]).transpose(1, 2).reshape(B * N, T, D)
         q, k, v = self.temporal_attn.qkv(x)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        a = self.temporal_attn.out(a.transpose(1, 2).flatten(2)).reshape(B, N, T, D).transpose(1, 2)
+        a = self.temporal_attn.out(sdpa(q, k, v).flatten(2)).reshape(B, N, T, D).transpose(1, 2)
         h = h + mods[5][:, :, None] * a
         # ... then gated fusion of the history frames' mean feature into the in-flight frames.
         w = history[:, :, None, None]  # [B, T, 1, 1]
@@ -132,9 +132,8 @@ class StreamEditBlock(nn.Module):
         # 3. Cross-attention to the text tokens (padding masked; registers always visible).
         x = modulate(self.norm[2](h), mods[6], mods[7]).reshape(B, T * N, D)
         q, k, v = self.cross_attn.qkv(x, kv_from=text)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=text_mask[:, None, None, :])
-        h = h + mods[8][:, :, None] * self.cross_attn.out(a.transpose(1, 2).flatten(2)).reshape(B, T, N, D)
+        a = sdpa(q, k, v, text_mask[:, None, None, :])  # [B, T*N, H, d]
+        h = h + mods[8][:, :, None] * self.cross_attn.out(a.flatten(2)).reshape(B, T, N, D)
 
         # 4. MLP.
         h = h + mods[11][:, :, None] * self.mlp(modulate(self.norm[3](h), mods[9], mods[10]))
@@ -227,11 +226,12 @@ class StreamEditDiT(nn.Module):
         """Project every member to D, add its type embedding, concatenate, prepend the registers.
         Returns tokens [B, R + sum L_i, D] and mask [B, R + sum L_i] bool (registers always True)."""
         B = text.batch_size
+        device = self.text_registers.device
         tokens = [self.text_registers.expand(B, -1, -1)]
-        masks = [torch.ones(B, NUM_TEXT_REGISTERS, dtype=torch.bool, device=self.text_registers.device)]
+        masks = [torch.ones(B, NUM_TEXT_REGISTERS, dtype=torch.bool, device=device)]
         for i, (proj, s, m) in enumerate(zip(self.text_proj, text.states, text.masks)):
-            tokens.append(proj(s.to(proj.weight.dtype)) + self.text_type[i])
-            masks.append(m.to(self.text_registers.device))
+            tokens.append(proj(s.to(device=device, dtype=proj.weight.dtype)) + self.text_type[i])
+            masks.append(m.to(device))
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
 
     def _patchify(self, x: Tensor) -> Tensor:
