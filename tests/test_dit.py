@@ -6,7 +6,9 @@ import types
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from streamedit_core import dit
 from streamedit_core.config import PRESETS
 from streamedit_core.dit import StreamEditDiT
 from streamedit_core.types import TextEmbedding
@@ -124,13 +126,21 @@ def test_backend_defaults_to_the_config():
     torch.testing.assert_close(_model(dataclasses.replace(CFG, attention="window"))(x, t, cond, text), window)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    calls = []
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(dit, "checkpoint", counting_checkpoint)
     x, t, cond, text = _inputs()
     grads = []
     for ckpt in (False, True):
         model = _model(dataclasses.replace(CFG, grad_checkpointing=ckpt)).train()
         model(x, t, cond, text).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert calls == [False] * CFG.depth, "every block checkpointed, non-reentrant, only when enabled"
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
