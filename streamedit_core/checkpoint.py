@@ -1,0 +1,222 @@
+"""Checkpoints: safetensors only (never pickle), with the model config in the metadata.
+
+A checkpoint is one `.safetensors` file holding `StreamEditModel.state_dict()` (STLE + DiT,
+including the STLE's latent statistics) and, in its string metadata,
+- `streamedit_config`: the `ModelConfig` as JSON (what every tensor name and shape follows),
+- `streamedit_format`: the file format version (`FORMAT_VERSION`),
+- any `extra_metadata` the caller adds (training step, data, notes), as strings.
+
+Loading validates before it allocates: the header (read alone, a few KB) must be intact, carry a
+config, and list exactly the tensors that config makes, with the same shapes. Every error names
+the file and the first mismatch. Files are written to a temporary name and renamed, so a crash
+mid-save never leaves a truncated checkpoint under the real name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .model import StreamEditModel
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_KEY = "streamedit_config"
+FORMAT_KEY = "streamedit_format"
+
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+
+
+# --- Header --------------------------------------------------------------------------------
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(metadata, {tensor name: {"dtype", "shape", "data_offsets"}}) of a safetensors file,
+    checking that the file is complete; reads the header only."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"checkpoint path {str(path)!r} is not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if _looks_like_pickle(path, head):
+            raise ValueError(
+                f"{str(path)!r} looks like a PyTorch pickle checkpoint; StreamEdit loads "
+                "safetensors only (unpickling can run arbitrary code). Re-save the state dict with "
+                "safetensors.torch.save_file, or with streamedit_core.checkpoint.save_checkpoint")
+        bad = f"{str(path)!r} is not a valid safetensors file (truncated?)"
+        if len(head) < 8:
+            raise ValueError(f"{bad}: {size} bytes")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"{bad}: header of {n} bytes in a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{bad}: unreadable header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{bad}: the header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    end = 0
+    for name, info in header.items():
+        try:
+            start, stop = info["data_offsets"]
+            end = max(end, int(stop))
+            _ = info["dtype"], list(info["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{bad}: malformed entry for tensor {name!r}") from e
+    if 8 + n + end != size:
+        raise ValueError(f"{bad}: the header describes {8 + n + end} bytes, the file has {size}")
+    return metadata, header
+
+
+def _looks_like_pickle(path: Path, head: bytes) -> bool:
+    # torch.save writes a zip archive ("PK\x03\x04"); older torch and pickle.dump start with
+    # the pickle protocol opcode 0x80. A safetensors file starts with a small little-endian size.
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or (
+        path.suffix.lower() in _PICKLE_SUFFIXES and not _plausible_safetensors(path, head))
+
+
+def _plausible_safetensors(path: Path, head: bytes) -> bool:
+    return len(head) == 8 and struct.unpack("<Q", head)[0] < path.stat().st_size
+
+
+def _read_streamedit_header(path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """`_read_header`, plus the checks that make it a StreamEdit checkpoint this version reads."""
+    metadata, entries = _read_header(path)
+    if CONFIG_KEY not in metadata:
+        raise ValueError(f"{str(path)!r} is not a StreamEdit checkpoint: its safetensors metadata "
+                         f"has no {CONFIG_KEY!r} (keys: {sorted(metadata)})")
+    version = metadata.get(FORMAT_KEY, "")
+    if not version.isdigit():
+        raise ValueError(f"{str(path)!r}: bad {FORMAT_KEY!r} {version!r}; expected an integer")
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has checkpoint format {version}, newer than this "
+                         f"StreamEdit reads ({FORMAT_VERSION}); update StreamEdit")
+    return metadata, entries
+
+
+def _parse_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+    try:
+        return ModelConfig.from_json(metadata[CONFIG_KEY])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{str(path)!r}: invalid model config in the metadata: {e}") from e
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """All string metadata of a StreamEdit checkpoint (config JSON, format, extras); header only."""
+    return _read_streamedit_header(Path(path))[0]
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint, from its header only (cheap: for listing/validating)."""
+    path = Path(path)
+    return _parse_config(path, read_checkpoint_metadata(path))
+
+
+# --- Save ----------------------------------------------------------------------------------
+
+def save_checkpoint(model: StreamEditModel, path: str | os.PathLike,
+                    extra_metadata: dict[str, Any] | None = None) -> None:
+    """Write `model` (weights + config) to `path` (`.safetensors`), atomically.
+
+    `extra_metadata`: string keys; values that are not strings are stored as JSON.
+    """
+    if not isinstance(model, StreamEditModel):
+        raise TypeError(f"save_checkpoint expects a StreamEditModel, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path {str(path)!r} must end in .safetensors")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output directory does not exist: {str(path.parent)!r}")
+    metadata = {}
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(key, str) or key in (CONFIG_KEY, FORMAT_KEY):
+            raise ValueError(f"extra_metadata key {key!r} must be a string other than "
+                             f"{CONFIG_KEY!r} and {FORMAT_KEY!r}")
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    metadata[CONFIG_KEY] = model.config.to_json()
+    metadata[FORMAT_KEY] = str(FORMAT_VERSION)
+
+    tensors, seen = {}, set()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        if t.data_ptr() in seen and t.numel():  # safetensors refuses shared storage (tied weights)
+            t = t.clone()
+        seen.add(t.data_ptr())
+        tensors[name] = t
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("saved checkpoint %s (%s, %d tensors)", path, model.config.name, len(tensors))
+
+
+# --- Load ----------------------------------------------------------------------------------
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None, operations=None) -> StreamEditModel:
+    """A `StreamEditModel` built from the checkpoint's config, weights loaded onto `device`
+    (default CPU) and cast to `dtype` (default: as stored), in eval mode.
+
+    Every tensor name and shape is checked against the config before any weight is read.
+    `operations` is passed to the model's constructor (ComfyUI's injected layers).
+    """
+    path = Path(path)
+    metadata, entries = _read_streamedit_header(path)
+    config = _parse_config(path, metadata)
+    with torch.device("meta"):
+        model = StreamEditModel(config, operations=operations)
+    expected = model.state_dict()  # meta tensors: names, shapes, dtypes, no memory
+    _check_entries(path, entries, expected)
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(dev)) as f:
+            for name in expected:
+                t = f.get_tensor(name)
+                state[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    except (OSError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError)
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file (truncated?): {e}") from e
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # internal: a tensor the state dict does not hold (non-persistent buffer)
+        raise RuntimeError(f"load_checkpoint cannot materialise {left[:3]}: not in the state dict")
+    log.info("loaded checkpoint %s (%s) on %s", path, config.name, dev)
+    return model.eval()
+
+
+def _check_entries(path: Path, entries: dict[str, dict[str, Any]],
+                   expected: dict[str, torch.Tensor]) -> None:
+    where = f"{str(path)!r} does not match its config"
+    for name, t in expected.items():
+        if name not in entries:
+            raise ValueError(f"{where}: missing tensor {name!r} (shape {list(t.shape)})")
+    for name in entries:
+        if name not in expected:
+            raise ValueError(f"{where}: unexpected tensor {name!r}")
+    for name, t in expected.items():
+        got = list(entries[name]["shape"])
+        if got != list(t.shape):
+            raise ValueError(f"{where}: tensor {name!r} has shape {got}, expected {list(t.shape)}")
+        if (entries[name]["dtype"] in _FLOAT_DTYPES) != t.is_floating_point():
+            raise ValueError(f"{where}: tensor {name!r} has dtype {entries[name]['dtype']}, "
+                             f"expected {t.dtype}")
