@@ -110,6 +110,17 @@ def test_dsa_global_kv_blocks_always_kept():
     assert bm[..., :, 5].all()
 
 
+def test_dsa_joint_sequence_with_more_keys_than_queries():
+    # Video queries (40 tokens) over video + appended text keys (8 global tokens).
+    q, _, _ = _qkv(L=40, seed=7)
+    _, k, v = _qkv(L=48, seed=8)
+    glob = torch.arange(48) >= 40
+    full = attention(q, k, v, "dsa", frame_tokens=8, block_size=8, density=1.0, global_kv=glob)
+    torch.testing.assert_close(full, _dense_masked(q, k, v, torch.ones(40, 48, dtype=torch.bool)))
+    bm = dsa_block_mask(q, k, block_size=8, density=0.2, frame_tokens=8, global_kv=glob)
+    assert bm.shape == (2, 2, 5, 6) and bm[..., 5].all()
+
+
 def test_csr_round_trip():
     q, k, _ = _qkv(L=37, seed=6)
     bm = dsa_block_mask(q, k, block_size=4, density=0.3, frame_tokens=10)
