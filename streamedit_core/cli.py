@@ -1,0 +1,165 @@
+"""`python -m streamedit_core {edit,train,distill,eval,bench} ...`
+
+`edit` is implemented here; the other subcommands forward their arguments to their modules
+(imported only when asked for). Bad input ends with one line `error: <message>` on stderr and
+exit status 2, without a traceback and without a half-written output file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable, Sequence
+
+from .config import PRESETS
+
+log = logging.getLogger(__name__)
+
+# subcommand -> (module, function taking argv); imported lazily, they pull in training code
+_FORWARDED = {
+    "train": ("streamedit_core.train.cli", "main_train"),
+    "distill": ("streamedit_core.train.cli", "main_distill"),
+    "eval": ("streamedit_core.eval.cli", "main"),
+    "bench": ("streamedit_core.bench", "main"),
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _edit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m streamedit_core edit",
+                                description="Edit a video file with a text prompt.")
+    p.add_argument("input", help="input video (mp4, mov, mkv, ...)")
+    p.add_argument("-p", "--prompt", required=True, help="the edit, e.g. 'make it a watercolor painting'")
+    p.add_argument("-o", "--output", required=True, help="output video path (written atomically)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="a StreamEdit .safetensors checkpoint")
+    model.add_argument("--preset", help=f"random weights of a preset ({', '.join(PRESETS)}); for tests "
+                                        "and speed work")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (and the weights' seed with --preset)")
+    p.add_argument("--steps", type=int, default=None, help="denoising levels (default: the model's, 6)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's; 1 = CFG-free)")
+    p.add_argument("--text-ensemble", default=None,
+                   help="folder with an ensemble.json (default: the built-in MiniLM ensemble)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--chunk-frames", type=int, default=16, help="frames read per chunk")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _load_model(args: argparse.Namespace, device: str):
+    from .model import StreamEditModel
+    if args.checkpoint:
+        from .checkpoint import load_checkpoint
+        return load_checkpoint(args.checkpoint, device=device)
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise UsageError(f"unknown preset {args.preset!r}; expected one of {sorted(PRESETS)}")
+        return StreamEditModel.from_preset(args.preset, seed=args.seed, device=device)
+    raise UsageError("give a model: --checkpoint FILE.safetensors or --preset NAME "
+                     f"(one of {sorted(PRESETS)})")
+
+
+def _load_text(args: argparse.Namespace, model):
+    from .text import TextEnsemble
+    if args.text_ensemble:
+        ensemble = TextEnsemble.from_folder(args.text_ensemble)
+    else:
+        members = model.config.dit.text_members
+        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:
+            raise UsageError(f"model {model.config.name!r} needs the text ensemble "
+                             f"{[(m.kind, m.dim, m.max_tokens) for m in members]}; "
+                             "give its folder with --text-ensemble")
+        ensemble = TextEnsemble.minilm(max_tokens=members[0].max_tokens)
+    ensemble.check_compatible(model.config)
+    return ensemble
+
+
+def main_edit(argv: Sequence[str]) -> int:
+    args = _edit_parser().parse_args(argv)
+    import os
+
+    import torch
+
+    from .pipeline import check_prompt, edit_video
+
+    check_prompt(args.prompt)
+    if not os.path.exists(args.input):
+        raise UsageError(f"input video not found: {args.input!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"output directory does not exist: {out_dir!r}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _load_model(args, device)
+    text = _load_text(args, model)
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # created on the first chunk: input errors come before any bar
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="frame", desc="editing", dynamic_ncols=True)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = edit_video(model, text, args.input, args.output, args.prompt, seed=args.seed,
+                             steps=args.steps, cfg_scale=args.cfg_scale, progress=progress,
+                             chunk_frames=args.chunk_frames)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"edited {summary['frames']} frames ({summary['width']}x{summary['height']}, "
+          f"{summary['video_fps']:.3g} fps video) in {summary['seconds']:.1f} s: "
+          f"{summary['fps']:.2f} frames/s -> {args.output}")
+    return 0
+
+
+def _forward(command: str, argv: Sequence[str]) -> int:
+    module_name, func_name = _FORWARDED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # only our own missing module means "not in this build"; a missing dependency propagates
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise UsageError(f"'{command}' is not available in this build ({module_name} is missing)") from e
+        raise
+    func: Callable[[Sequence[str]], int | None] | None = getattr(module, func_name, None)
+    if func is None:
+        raise UsageError(f"'{command}' is not available in this build ({module_name}.{func_name} is missing)")
+    return int(func(list(argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ["edit", *_FORWARDED]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m streamedit_core {{{','.join(commands)}}} ...\n\n"
+              "  edit      edit a video file with a text prompt\n"
+              "  train     train a model (SCM loss, ASW partitions)\n"
+              "  distill   progressive distillation to a 6-step CFG-free student\n"
+              "  eval      metrics of an edited video\n"
+              "  bench     speed of the streaming editor\n\n"
+              "python -m streamedit_core COMMAND --help for a command's options.")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if command == "edit":
+            return main_edit(rest)
+        if command in _FORWARDED:
+            return _forward(command, rest)
+        raise UsageError(f"unknown command {command!r}; expected one of {commands}")
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (no output written)", file=sys.stderr)
+        return 130

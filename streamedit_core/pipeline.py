@@ -1,0 +1,398 @@
+"""StreamEditor: the one API that the ComfyUI nodes and the CLI call, and `edit_video`.
+
+Frames go through in units of exactly one latent frame (4 video frames): STLE encode (causal
+cache) -> streaming sampler (one DiT forward) -> STLE decode (causal cache). Incoming frames
+are buffered until 4 are there, and the noise of latent frame i is seeded by (seed, i), so the
+output is bit-identical whatever chunk sizes the frames arrive in.
+
+Lifecycle: `feed` returns the edited frames that are ready (none during the warm-up of
+steps - 1 latent frames); `flush` pads a tail that is not a multiple of 4 by repeating the last
+frame, drains the frames still in flight, trims the output to the number of frames fed and
+starts a new stream. `set_prompt` switches prompts (optionally blended over a transition),
+`reset` starts a new stream, `state_dict`/`load_state_dict` snapshot and restore everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+from .sampler import StreamSampler
+from .types import TextEmbedding
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+# --- input checks (the one place user input to the editor is validated) -----------------
+def frame_multiple(config: ModelConfig) -> int:
+    """Frame height and width must be multiples of this many pixels.
+
+    `config.spatial_stride` (STLE 8x times the DiT patch) per DiT token, and the DiT merges
+    2x2 tokens in its middle blocks, so the token grid must be even as well.
+    """
+    return math.lcm(config.spatial_stride, config.stle.spatial_stride * config.dit.patch_size * 2)
+
+
+def check_frame_size(config: ModelConfig, height: int, width: int) -> None:
+    """ValueError naming the size and the nearest valid sizes when H or W does not fit the model."""
+    m = frame_multiple(config)
+    if height % m == 0 and width % m == 0 and height > 0 and width > 0:
+        return
+
+    def nearest(n: int) -> list[int]:
+        down, up = n // m * m, -(-n // m) * m
+        return sorted({v for v in (down, up) if v > 0}) or [m]
+
+    options = [f"{h} x {w}" for h in nearest(height) for w in nearest(width)]
+    raise ValueError(f"frame size (height x width) {height} x {width} is not supported: both must be "
+                     f"multiples of {m} for this model; nearest valid sizes: {', '.join(options)} "
+                     "(resize or crop the video)")
+
+
+def check_prompt(prompt: Any) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"prompt is empty ({prompt!r}); describe the edit, e.g. "
+                         "'make it a watercolor painting'")
+    return prompt
+
+
+def to_frames(frames: Any) -> Tensor:
+    """Validate frames [T, H, W, 3] (torch or numpy; float in [0, 1] or uint8) -> float32 tensor.
+
+    Values slightly outside [0, 1] (rounding) are clamped; far outside is an error (frames in
+    [0, 255] or [-1, 1] by mistake). The NaN and range checks sync once per call, not per frame.
+    """
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.array(frames))  # copy: the caller may reuse its buffer
+    if not isinstance(frames, Tensor):
+        raise TypeError(f"frames must be a torch.Tensor or numpy array [T, H, W, 3], "
+                        f"got {type(frames).__name__}")
+    shape = tuple(frames.shape)
+    if frames.ndim != 4:
+        hint = " (one frame? add a leading axis: frames[None])" if frames.ndim == 3 else ""
+        raise ValueError(f"frames must have 4 dims [T, H, W, 3] (ComfyUI IMAGE layout), got shape "
+                         f"{shape}{hint}")
+    if shape[-1] != 3:
+        hint = " (channels first? permute [T, 3, H, W] to [T, H, W, 3])" if shape[1] == 3 else ""
+        raise ValueError(f"frames must be [T, H, W, 3] with 3 RGB channels last, got shape {shape}{hint}")
+    if frames.dtype == torch.uint8:
+        frames = frames.float() / 255.0
+    elif frames.is_floating_point():
+        frames = frames.float()
+    else:
+        raise TypeError(f"frames dtype {frames.dtype} is not supported; expected float in [0, 1] or uint8")
+    if frames.shape[0] == 0:
+        return frames
+    if not bool(torch.isfinite(frames).all()):
+        raise ValueError("frames contain NaN or Inf values")
+    lo, hi = frames.aminmax()
+    if lo < -0.01 or hi > 1.01:
+        raise ValueError(f"frame values must be in [0, 1], got min {float(lo):.3g}, max {float(hi):.3g} "
+                         "(uint8 frames are accepted as is; divide float [0, 255] frames by 255)")
+    return frames.clamp(0.0, 1.0)
+
+
+def _clone(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists of tensors (snapshots must not share storage)."""
+    if isinstance(obj, Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+# --- the editor ----------------------------------------------------------------------------
+class StreamEditor:
+    """Edits one video stream with one model; see the module docstring.
+
+    model: a `StreamEditModel` (its device and dtype are used). text_encoder: anything with
+    `encode(list[str]) -> TextEmbedding` and `null(batch)` (a `TextEnsemble`). steps, cfg_scale,
+    window_min, window_max default to the model's `SamplerConfig`.
+    """
+
+    def __init__(self, model, text_encoder, prompt: str, *, seed: int = 0,
+                 steps: int | None = None, cfg_scale: float | None = None,
+                 window_min: int | None = None, window_max: int | None = None,
+                 attention: str | None = None) -> None:
+        check_prompt(prompt)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check = getattr(text_encoder, "check_compatible", None)
+        if check is not None:
+            check(model.config)
+        overrides = dict(steps=steps, cfg_scale=cfg_scale, window_min=window_min, window_max=window_max)
+        self.sampler_config = dataclasses.replace(
+            model.config.sampler, **{k: v for k, v in overrides.items() if v is not None})
+        self.model = model
+        self.text_encoder = text_encoder
+        self.seed = seed
+        self.sampler = StreamSampler(model, self.sampler_config, seed=seed, attention=attention)
+        self.device = model.device
+        self._tstride = model.config.temporal_stride  # video frames per latent frame (4)
+        self._texts: dict[str, TextEmbedding] = {}  # prompt -> embedding on the device
+        self._null: TextEmbedding | None = None
+        self._enc_cache = model.stle.new_cache()
+        self._dec_cache = model.stle.new_cache()
+        self._state = self.sampler.new_state()
+        self._prompt = prompt
+        self._target: str | None = None  # prompt being blended in, if a transition runs
+        self._switch_start = 0  # forward count at which the transition began
+        self._switch_len = 1  # its length in forwards (= latent frames)
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._pending = torch.zeros(0, 0, 0, 3, device=self.device)  # < 4 frames waiting
+        self._frame_size: tuple[int, int] | None = None
+        self._frames_in = 0
+        self._frames_out = 0
+        self._forwards = 0
+
+    # -- public API --
+
+    @property
+    def prompt(self) -> str:
+        """The prompt the stream is converging to (the target during a transition)."""
+        return self._target if self._target is not None else self._prompt
+
+    @property
+    def frames_in(self) -> int:
+        return self._frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self._frames_out
+
+    @property
+    def warmup_frames(self) -> int:
+        """Video frames fed before the first edited frame comes out."""
+        return (self.sampler_config.steps - 1) * self.model.config.temporal_stride
+
+    def feed(self, frames: Any) -> Tensor:
+        """frames [T, H, W, 3] float in [0, 1] (or uint8) -> the edited frames ready now,
+        [T', H, W, 3] float32 on the CPU (T' = 0 during warm-up)."""
+        with torch.inference_mode():
+            x = to_frames(frames).to(self.device)
+            if x.shape[0] == 0:
+                return self._emit([])
+            self._check_size(x.shape[1], x.shape[2])
+            self._frames_in += x.shape[0]
+            x = torch.cat([self._pending, x]) if self._pending.shape[0] else x
+            n_full = x.shape[0] // self._tstride * self._tstride
+            outs = [self._process(x[i:i + self._tstride]) for i in range(0, n_full, self._tstride)]
+            self._pending = x[n_full:].clone()
+            return self._emit(outs)
+
+    def flush(self) -> Tensor:
+        """End the stream: process the tail (padded by repeating the last frame), drain the frames
+        in flight, return the rest of the output trimmed to the frames fed, then `reset()`."""
+        with torch.inference_mode():
+            outs = []
+            k = self._pending.shape[0]
+            if k:
+                pad = self._pending[-1:].expand(self._tstride - k, -1, -1, -1)
+                outs.append(self._process(torch.cat([self._pending, pad])))
+                self._pending = self._pending[:0]
+            while self._state.n_inflight:
+                outs.append(self._decode(self.sampler.drain(self._state, *self._texts_for_step())))
+            out = self._emit(outs)
+        self.reset()
+        return out
+
+    def set_prompt(self, prompt: str, transition_frames: int = 0) -> None:
+        """Switch to `prompt` from the next latent frame on; with transition_frames > 0 the text
+        embeddings are blended over ceil(transition_frames / 4) latent frames. The history
+        window drops to window_min (frames edited with the old prompt would hold it back)."""
+        check_prompt(prompt)
+        if not isinstance(transition_frames, int) or transition_frames < 0:
+            raise ValueError(f"transition_frames must be an int >= 0, got {transition_frames!r}")
+        if prompt == self.prompt:
+            return
+        self._embed(prompt)  # encode now: a bad prompt/encoder fails here, not mid-stream
+        n = math.ceil(transition_frames / self.model.config.temporal_stride)
+        if n == 0:
+            self._prompt, self._target = prompt, None
+        else:
+            if self._target is not None:  # a new switch during a transition starts from the target
+                self._prompt = self._target
+            self._target, self._switch_start, self._switch_len = prompt, self._forwards, n
+        with torch.inference_mode():
+            self.sampler.shrink(self._state)
+
+    def reset(self) -> None:
+        """Start a new stream (same prompt, seed and settings); buffers are kept and reused."""
+        if self._target is not None:
+            self._prompt, self._target = self._target, None
+        with torch.inference_mode():
+            self._enc_cache.reset()
+            self._dec_cache.reset()
+            self._state.reset(self.sampler_config.window_min)
+        self._reset_counters()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue the stream elsewhere (tensors are copies)."""
+        return _clone({
+            "version": _STATE_VERSION,
+            "settings": self._settings(),
+            "enc_cache": self._enc_cache.state_dict(),
+            "dec_cache": self._dec_cache.state_dict(),
+            "stream": self._state.state_dict(),
+            "pending": self._pending,
+            "frame_size": self._frame_size,
+            "frames_in": self._frames_in,
+            "frames_out": self._frames_out,
+            "forwards": self._forwards,
+            "prompt": self._prompt,
+            "target": self._target,
+            "switch_start": self._switch_start,
+            "switch_len": self._switch_len,
+        })
+
+    def load_state_dict(self, d: dict) -> None:
+        if not isinstance(d, dict) or d.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a StreamEditor state (version {_STATE_VERSION}): "
+                             f"got {type(d).__name__} with version {getattr(d, 'get', dict().get)('version')}")
+        if d["settings"] != self._settings():
+            raise ValueError(f"editor state was saved with settings {d['settings']}, "
+                             f"this editor has {self._settings()}")
+        d = _clone(d)
+        with torch.inference_mode():
+            self._enc_cache.load_state_dict(d["enc_cache"])
+            self._dec_cache.load_state_dict(d["dec_cache"])
+            self._state.load_state_dict(d["stream"])
+            self._pending = d["pending"].to(self.device)
+        self._frame_size = None if d["frame_size"] is None else tuple(d["frame_size"])
+        self._frames_in, self._frames_out = d["frames_in"], d["frames_out"]
+        self._forwards = d["forwards"]
+        self._prompt, self._target = d["prompt"], d["target"]
+        self._switch_start, self._switch_len = d["switch_start"], d["switch_len"]
+
+    # -- internals --
+
+    def _settings(self) -> dict:
+        return {"seed": self.seed, **dataclasses.asdict(self.sampler_config)}
+
+    def _check_size(self, height: int, width: int) -> None:
+        if self._frame_size is None:
+            check_frame_size(self.model.config, height, width)
+            self._frame_size = (height, width)
+        elif self._frame_size != (height, width):
+            h0, w0 = self._frame_size
+            raise ValueError(f"frame size changed mid-stream from {h0} x {w0} to {height} x {width} "
+                             "(height x width); reset() the editor (chunk_index 0) to start a new stream")
+
+    def _embed(self, prompt: str) -> TextEmbedding:
+        emb = self._texts.get(prompt)
+        if emb is None:
+            emb = self.text_encoder.encode([prompt])
+            if not isinstance(emb, TextEmbedding):
+                raise TypeError(f"text encoder returned {type(emb).__name__}, expected a TextEmbedding")
+            members = self.model.config.dit.text_members
+            dims = [tuple(s.shape[1:]) for s in emb.states]
+            if dims != [(m.max_tokens, m.dim) for m in members]:
+                raise ValueError(f"text encoder gives token states {dims} (tokens, dim) per member, "
+                                 f"the model expects {[(m.max_tokens, m.dim) for m in members]}; "
+                                 "use the text ensemble the model was trained with")
+            emb = emb.to(self.device, self.model.dtype)
+            # Keep only the prompts in use: a long session of prompt switches stays bounded.
+            self._texts = {p: e for p, e in self._texts.items() if p in (self._prompt, self._target)}
+            self._texts[prompt] = emb
+        return emb
+
+    def _texts_for_step(self) -> tuple[TextEmbedding, TextEmbedding | None]:
+        """(text, null_text) for the next forward; advances a running prompt transition."""
+        self._forwards += 1
+        null = None
+        if self.sampler_config.cfg_scale != 1.0:
+            if self._null is None:
+                self._null = self.text_encoder.null(1).to(self.device, self.model.dtype)
+            null = self._null
+        if self._target is not None:
+            w = (self._forwards - self._switch_start) / self._switch_len
+            if w < 1.0:
+                return self._embed(self._prompt).blend(self._embed(self._target), w), null
+            self._prompt, self._target = self._target, None
+        return self._embed(self._prompt), null
+
+    def _process(self, frames: Tensor) -> Tensor | None:
+        """frames [4, H, W, 3] -> edited frames [4, H, W, 3], or None during warm-up."""
+        x = frames.permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, 4, H, W]
+        src = self.model.stle.encode(x, self._enc_cache, check_finite=False)  # [1, C, 1, h, w]
+        latent = self.sampler.step(self._state, src[0, :, 0], *self._texts_for_step())
+        return self._decode(latent)
+
+    def _decode(self, latent: Tensor | None) -> Tensor | None:
+        if latent is None:
+            return None
+        z = latent.to(self.model.dtype)[None, :, None]  # [1, C, 1, h, w]
+        out = self.model.stle.decode(z, self._dec_cache, check_finite=False)  # [1, 3, 4, H, W]
+        return out[0].permute(1, 2, 3, 0)  # [4, H, W, 3]
+
+    def _emit(self, outs: list[Tensor | None]) -> Tensor:
+        """Concatenate the ready frames, trimmed to the frames fed, as float32 on the CPU."""
+        ready = [o for o in outs if o is not None]
+        h, w = self._frame_size or (0, 0)
+        out = torch.cat(ready) if ready else torch.zeros(0, h, w, 3, device=self.device)
+        out = out[:max(0, self._frames_in - self._frames_out)]
+        self._frames_out += out.shape[0]
+        return out.float().cpu()
+
+
+# --- whole files ---------------------------------------------------------------------------
+def edit_video(model, text_encoder, in_path: str | os.PathLike, out_path: str | os.PathLike,
+               prompt: str, seed: int = 0, steps: int | None = None, cfg_scale: float | None = None,
+               *, window_min: int | None = None, window_max: int | None = None,
+               attention: str | None = None,
+               progress: Callable[[int, int], None] | None = None,
+               chunk_frames: int = 16) -> dict[str, Any]:
+    """Edit a video file into another, chunk by chunk (memory bounded by the window, not the
+    video). The output has the input's frame count, size and frame rate; it is written
+    atomically (a failure or an interrupt leaves no file). `progress(done, total)` is called
+    after each chunk and may raise to interrupt (total is the container's frame count, an
+    estimate for some formats). Returns {"frames", "seconds", "fps", "width", "height",
+    "video_fps"} where fps is the editing speed in frames per second.
+    """
+    from .video import VideoReader, VideoWriter  # PyAV only when files are involved
+
+    check_prompt(prompt)
+    in_path, out_path = os.fspath(in_path), os.fspath(out_path)
+    if os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path):
+        raise ValueError(f"output path {out_path!r} is the input file; choose another output")
+    reader = VideoReader(in_path, chunk_frames=chunk_frames)
+    check_frame_size(model.config, reader.height, reader.width)
+    editor = StreamEditor(model, text_encoder, prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
+                          window_min=window_min, window_max=window_max, attention=attention)
+    total = reader.num_frames
+    start = time.perf_counter()
+    with VideoWriter(out_path, reader.fps, reader.width, reader.height) as writer:
+        done = 0
+        for chunk in reader:
+            out = editor.feed(chunk)
+            if out.shape[0]:
+                writer.write(out)
+            done += chunk.shape[0]
+            if progress is not None:
+                progress(done, max(total, done))
+        out = editor.flush()
+        if out.shape[0]:
+            writer.write(out)
+        frames = writer.frames_written
+    seconds = time.perf_counter() - start
+    summary = {"frames": frames, "seconds": seconds, "fps": frames / max(seconds, 1e-9),
+               "width": reader.width, "height": reader.height, "video_fps": float(reader.fps)}
+    log.info("edited %d frames of %s in %.1f s (%.1f fps) -> %s", frames, in_path, seconds,
+             summary["fps"], out_path)
+    return summary

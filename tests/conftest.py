@@ -1,0 +1,60 @@
+"""Shared fixtures: small, generic, CPU. Add new ones at the end with a one-line docstring."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_model():
+    """The `tiny` preset, random weights (seed 0), CPU float32, eval mode."""
+    from streamedit_core.model import StreamEditModel
+    return StreamEditModel.from_preset("tiny", seed=0)
+
+
+@pytest.fixture
+def live_tiny_model():
+    """The `tiny` preset with its zero-initialised output layers (adaLN-zero, final linear)
+    randomised, so the DiT's velocity depends on every input (an untrained DiT predicts 0)."""
+    from streamedit_core.model import StreamEditModel
+    model = StreamEditModel.from_preset("tiny", seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.dit.named_parameters():
+            if p.abs().max() == 0 and not name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def minilm16():
+    """The real all-MiniLM-L6-v2 ensemble with 16 tokens (the `tiny` preset's text member)."""
+    from streamedit_core.text import TextEnsemble
+    return TextEnsemble.minilm(max_tokens=16)
+
+
+def write_clip(path: Path, frames: int, width: int, height: int, fps: int = 8, seed: int = 0) -> Path:
+    """A small mp4 of moving coloured noise blocks (smooth enough for the codec), via our writer."""
+    from streamedit_core.video import VideoWriter
+    rng = np.random.default_rng(seed)
+    base = rng.random((height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
+    with VideoWriter(path, fps, width, height) as writer:
+        for i in range(frames):
+            img = np.kron(base, np.ones((8, 8, 1), np.float32))
+            shift = i % 8
+            writer.write(img[shift:shift + height, shift:shift + width])
+    return Path(path)
+
+
+@pytest.fixture
+def make_clip(tmp_path):
+    """make_clip(name_or_path, frames, w, h, fps) -> Path of a small mp4 in tmp_path."""
+    def make(path, frames: int = 8, w: int = 32, h: int = 32, fps: int = 8) -> Path:
+        path = Path(path)
+        if not path.is_absolute():
+            path = tmp_path / path
+        return write_clip(path, frames, w, h, fps)
+    return make
