@@ -217,6 +217,14 @@ class TextMember:
 
         if self.spec.kind == "byt5":
             return ByT5Tokenizer()
+        if not (self.folder / "tokenizer.json").is_file() and (self.folder / "spiece.model").is_file():
+            # UL2 and T5 folders ship only spiece.model; transformers converts it through
+            # protobuf, and without it fails with an unrelated message about tiktoken.
+            from transformers.utils import is_protobuf_available
+
+            if not is_protobuf_available():
+                raise ValueError(f"{self._where()}: reading spiece.model needs the 'protobuf' "
+                                 "package (pip install protobuf); or put a tokenizer.json in the folder")
         return AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
 
     def _load_model(self) -> torch.nn.Module:

@@ -104,6 +104,33 @@ def test_full_clip_folder_loads_its_text_tower(tmp_path):
     torch.testing.assert_close(emb.states[0][0, :ids.shape[1]], ref, atol=1e-5, rtol=1e-5)
 
 
+def test_ul2_style_spiece_model_folder(tmp_path):
+    """UL2 ships spiece.model, no tokenizer.json: transformers converts it (needs protobuf)."""
+    pytest.importorskip("google.protobuf")
+    import sentencepiece as spm
+    from transformers import T5EncoderModel
+
+    folder = th.save_t5_spiece(tmp_path / "ul2")
+    ens = TextEnsemble([MemberSpec("t5", str(folder), 32)])
+    prompt = "Turn the SKY blue, café ½"
+    ids = spm.SentencePieceProcessor(model_file=str(folder / "spiece.model")).encode(prompt) + [1]
+    emb = ens.encode(prompt)
+    assert emb.masks[0].sum() == len(ids)
+    with torch.no_grad():
+        ref = T5EncoderModel.from_pretrained(folder).eval()(input_ids=torch.tensor([ids])).last_hidden_state
+    torch.testing.assert_close(emb.states[0][:, :len(ids)], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_spiece_model_without_protobuf_is_a_clear_error(tmp_path, monkeypatch):
+    import transformers.utils
+
+    folder = th.save_t5_spiece(tmp_path / "ul2")
+    monkeypatch.setattr(transformers.utils, "is_protobuf_available", lambda: False)
+    with pytest.raises(ValueError, match=r"text member 0 \(t5, .*ul2'\): reading spiece.model needs "
+                                         r"the 'protobuf' package"):
+        TextEnsemble([MemberSpec("t5", str(folder), 16)])
+
+
 def test_bfloat16_encoders_still_return_cpu_float32(tiny_root, tiny):
     ens = TextEnsemble.from_folder(tiny_root / "tiny-paper", dtype=torch.bfloat16)
     emb, ref = ens.encode(PROMPTS), tiny.encode(PROMPTS)

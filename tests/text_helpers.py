@@ -61,6 +61,26 @@ def save_t5(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_t5_spiece(folder: Path, seed: int = 4) -> Path:
+    """A T5 folder in UL2's layout: the tokenizer is a SentencePiece spiece.model only."""
+    import sentencepiece as spm
+    from transformers import T5Config, T5EncoderModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sentences = [" ".join(WORDS[i:i + 4]) for i in range(len(WORDS))] * 4
+    with open(folder / "spiece.model", "wb") as f:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=f,
+                                       vocab_size=48, model_type="unigram", hard_vocab_limit=False,
+                                       pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    size = spm.SentencePieceProcessor(model_file=str(folder / "spiece.model")).get_piece_size()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer",
+                                                              "extra_ids": 0}))
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=size, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    T5EncoderModel(cfg).save_pretrained(folder)
+    return folder
+
+
 def save_byt5(folder: Path, seed: int = 1) -> Path:
     """ByT5: a T5 encoder over the 384-entry byte vocabulary; no tokenizer files needed."""
     from transformers import T5Config, T5EncoderModel
