@@ -1,0 +1,163 @@
+"""Prompt Adherence: an edit-family classifier trained on ground-truth edits.
+
+VBench scores how well a video matches its prompt with a pretrained vision-language model
+(CLIP/ViCLIP). Offline we have none, but the benchmark's edits come from a closed set of
+families, so "does the output do what the prompt asked" becomes "which family's edit does the
+output look like, given its source": a multinomial logistic regression (in torch, full batch,
+L-BFGS: small, fast and deterministic) over handcrafted colour and texture statistics of the
+edited clip and of its change from the source. Class `NO_EDIT` is the unedited source, so an
+output that ignores the prompt is recognised as such.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .metrics import check_clip, gradient_magnitude, luma
+
+log = logging.getLogger(__name__)
+
+NO_EDIT = "none"
+FEATURE_FRAMES = 4  # frames per clip the features look at (evenly spaced)
+HUE_BINS, SAT_BINS, VAL_BINS, LUMA_BINS = 12, 8, 8, 32
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """[..., 3] RGB in [0, 1] -> [..., 3] HSV, hue in [0, 1) (0 = red), S and V in [0, 1]."""
+    r, g, b = x.unbind(-1)
+    v, _ = x.max(-1)
+    c = v - x.min(-1).values  # chroma
+    s = torch.where(v > 0, c / v.clamp_min(1e-8), torch.zeros_like(v))
+    safe = c.clamp_min(1e-8)
+    h = torch.where(v == r, ((g - b) / safe) % 6,
+                    torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(c > 0, h / 6, torch.zeros_like(h))
+    return torch.stack([h % 1.0, s, v], -1)
+
+
+def _histogram(values: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """values [N, P] in [0, 1] -> normalised histograms [N, bins] (weighted if given)."""
+    idx = (values * bins).long().clamp(0, bins - 1)
+    w = torch.ones_like(values) if weights is None else weights
+    hist = torch.zeros(values.shape[0], bins, dtype=values.dtype, device=values.device)
+    hist.scatter_add_(1, idx, w)
+    return hist / hist.sum(1, keepdim=True).clamp_min(1e-8)
+
+
+def _frame_stats(x: Tensor) -> Tensor:
+    """x [N, H, W, 3] -> per-frame colour/texture statistics [N, F]."""
+    n = x.shape[0]
+    hsv = rgb_to_hsv(x).reshape(n, -1, 3)
+    h, s, v = hsv.unbind(-1)
+    y = luma(x)  # [N, H, W]
+    flat = x.reshape(n, -1, 3)
+    box = torch.nn.functional.avg_pool2d(y.unsqueeze(1), 3, stride=1, padding=1,
+                                         count_include_pad=False).squeeze(1)
+    dx = (y[:, :, 1:] - y[:, :, :-1]).abs()
+    dy = (y[:, 1:, :] - y[:, :-1, :]).abs()
+    lh = _histogram(y.reshape(n, -1), LUMA_BINS)
+    return torch.cat([
+        _histogram(h, HUE_BINS, s * v),  # which hues, weighted by how colourful
+        _histogram(s, SAT_BINS),
+        _histogram(v, VAL_BINS),
+        flat.mean(1), flat.std(1),  # mean and spread of R, G, B
+        s.mean(1, keepdim=True), v.mean(1, keepdim=True),
+        (flat.max(-1).values - flat.min(-1).values).mean(1, keepdim=True),  # greyness
+        gradient_magnitude(x).flatten(1).mean(1, keepdim=True),  # edge energy
+        (y - box).abs().flatten(1).mean(1, keepdim=True),  # high-frequency energy
+        0.5 * ((dx < 0.01).flatten(1).float().mean(1, keepdim=True)
+               + (dy < 0.01).flatten(1).float().mean(1, keepdim=True)),  # flat runs: blockiness
+        -(lh * lh.clamp_min(1e-8).log()).sum(1, keepdim=True),  # luma entropy: posterize
+    ], dim=1)
+
+
+def _correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Per-row Pearson correlation of a, b [N, P] -> [N, 1]."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)).unsqueeze(1)
+
+
+def clip_features(clip: Tensor, source: Tensor) -> Tensor:
+    """Features [F] of an edited clip and its source (both [T, H, W, 3] in [0, 1]): statistics
+    of the clip, their change from the source's, and clip-source correlations of luma,
+    chroma and edges (an inverted clip has luma correlation -1, a blurred one weak edges)."""
+    clip, source = check_clip(clip, "clip"), check_clip(source, "source")
+    if clip.shape != source.shape:
+        raise ValueError(f"clip {tuple(clip.shape)} and source {tuple(source.shape)} must have the same shape")
+    idx = torch.linspace(0, clip.shape[0] - 1, min(FEATURE_FRAMES, clip.shape[0])).round().long()
+    x, s = clip[idx].double(), source[idx].double()  # [N, H, W, 3]
+    fx, fs = _frame_stats(x), _frame_stats(s)
+    n = x.shape[0]
+    rg = lambda t: (t[..., 0] - t[..., 1]).reshape(n, -1)  # noqa: E731 (two chroma axes)
+    yb = lambda t: (0.5 * (t[..., 0] + t[..., 1]) - t[..., 2]).reshape(n, -1)  # noqa: E731
+    corr = torch.cat([
+        _correlation(luma(x).reshape(n, -1), luma(s).reshape(n, -1)),
+        _correlation(rg(x), rg(s)), _correlation(yb(x), yb(s)),
+        _correlation(gradient_magnitude(x).reshape(n, -1), gradient_magnitude(s).reshape(n, -1)),
+    ], dim=1)
+    return torch.cat([fx, fx - fs, corr], dim=1).mean(0).float()
+
+
+@dataclass
+class EditClassifier:
+    """Multinomial logistic regression over `clip_features`: `classes` names the outputs."""
+    classes: tuple[str, ...]
+    mean: Tensor  # [F] feature standardisation
+    std: Tensor  # [F]
+    weight: Tensor  # [K, F]
+    bias: Tensor  # [K]
+
+    @classmethod
+    def fit(cls, features: Tensor, labels: list[str], l2: float = 1e-3,
+            max_iter: int = 300) -> "EditClassifier":
+        """features [N, F], labels: the class of each row (at least two distinct ones)."""
+        if features.ndim != 2 or features.shape[0] != len(labels):
+            raise ValueError(f"features must be [N, F] with N = len(labels) = {len(labels)}, "
+                             f"got shape {tuple(features.shape)}")
+        classes = tuple(sorted(set(labels)))
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes to train a classifier, got {classes}")
+        y = torch.tensor([classes.index(c) for c in labels])
+        x = features.double()
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        x = (x - mean) / std
+        w = torch.zeros(len(classes), x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                                history_size=20, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + l2 * (w ** 2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return cls(classes, mean.float(), std.float(), w.detach().float(), b.detach().float())
+
+    def probabilities(self, features: Tensor) -> Tensor:
+        """features [N, F] (or [F]) -> class probabilities [N, K] (or [K])."""
+        z = (features.float() - self.mean) / self.std
+        return torch.softmax(z @ self.weight.T + self.bias, dim=-1)
+
+    def predict(self, features: Tensor) -> list[str]:
+        p = self.probabilities(features.reshape(-1, self.mean.shape[0]))
+        return [self.classes[i] for i in p.argmax(-1).tolist()]
+
+    def accuracy(self, features: Tensor, labels: list[str]) -> float:
+        pred = self.predict(features)
+        return sum(p == t for p, t in zip(pred, labels)) / max(len(labels), 1)
+
+    def adherence(self, clip: Tensor, source: Tensor, family: str) -> tuple[float, str, float]:
+        """(1.0 if the clip is classified as `family` else 0.0, the predicted class, the
+        probability of `family`)."""
+        if family not in self.classes:
+            raise ValueError(f"unknown edit family {family!r}; the classifier knows {self.classes}")
+        p = self.probabilities(clip_features(clip, source))
+        pred = self.classes[int(p.argmax())]
+        return float(pred == family), pred, float(p[self.classes.index(family)])

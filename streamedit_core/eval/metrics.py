@@ -1,0 +1,204 @@
+"""Per-clip metrics of a video edit, from tensors only (no network, no pretrained model).
+
+Every clip is `[T, H, W, 3]` float in `[0, 1]`. The names follow the columns of the
+StreamEdit-DiT paper; each one is the offline analogue of a VBench dimension
+(https://github.com/Vchitect/VBench), computed against the exact ground-truth edit that the
+procedural benchmark gives us:
+
+- Edit Fidelity: PSNR (dB, capped at `PSNR_CAP`) and SSIM of the output against the ground truth.
+- Identity Preservation: how much of the source's structure the output keeps (structure term
+  of SSIM between gradient-magnitude maps of output and source). Counted only where the
+  ground-truth edit itself keeps the source's structure (blur, pixelate or a sketch do not).
+- Temporal Coherence: VBench's temporal-flickering score, 1 - mean |frame difference error|,
+  where the error is our frame-to-frame change minus the ground truth's (so real motion is
+  not flicker, and a constant per-frame error is not either).
+- Motion Smoothness: VBench's score with linear interpolation in place of its AMT model:
+  1 - mean |middle frame - average of its two neighbours| over every frame triple.
+- Prompt Adherence comes from the edit-family classifier (`classifier.py`), Overall Quality
+  from `overall_quality` below.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PSNR_CAP = 100.0  # dB; identical clips would give +inf
+SSIM_SIGMA = 1.5  # Wang et al. 2004: 11x11 Gaussian window, sigma 1.5
+SSIM_RADIUS = 5
+SSIM_C1 = 0.01 ** 2  # (K1 * L)^2 with L = 1 (data range)
+SSIM_C2 = 0.03 ** 2
+STRUCTURE_MIN = 0.9  # ground truth's own structure agreement above which an edit "keeps structure"
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights
+
+# The columns of the summary, in table order: (key, header); higher is better for all.
+COLUMNS = (
+    ("psnr", "Edit Fidelity PSNR (dB)"),
+    ("ssim", "Edit Fidelity SSIM"),
+    ("adherence", "Prompt Adherence"),
+    ("identity", "Identity Preservation"),
+    ("temporal_coherence", "Temporal Coherence"),
+    ("motion_smoothness", "Motion Smoothness"),
+    ("overall", "Overall Quality"),
+)
+# Overall Quality: the plain mean of these [0, 1] scores (PSNR is left out: SSIM measures the
+# same thing on a bounded scale). A score that does not apply to a clip (identity for a
+# structure-changing edit) is left out of that clip's mean.
+OVERALL_KEYS = ("ssim", "adherence", "identity", "temporal_coherence", "motion_smoothness")
+
+
+def check_clip(x: Tensor, name: str) -> Tensor:
+    """ValueError naming `name` unless x is a float clip [T, H, W, 3]; returns it as float32."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [T, H, W, 3], got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a clip [T, H, W, 3] with T >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be float in [0, 1], got dtype {x.dtype}")
+    return x.float()
+
+
+def _check_pair(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Tensor]:
+    a, b = check_clip(a, names[0]), check_clip(b, names[1])
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} has shape {tuple(a.shape)} but {names[1]} has "
+                         f"{tuple(b.shape)}; they must match")
+    return a, b
+
+
+def luma(x: Tensor) -> Tensor:
+    """[..., 3] RGB -> [...] luma (BT.601)."""
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    return (x * w).sum(-1)
+
+
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
+    r = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    g = torch.exp(-r ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    return g.to(dtype=dtype, device=device)
+
+
+def _local_mean(x: Tensor) -> Tensor:
+    """[N, H, W] -> Gaussian-weighted local means over 'valid' windows [N, H-10, W-10]."""
+    g = _gaussian_window(x.dtype, x.device)
+    x = x.unsqueeze(1)  # [N, 1, H, W]
+    x = F.conv2d(x, g.view(1, 1, -1, 1))
+    x = F.conv2d(x, g.view(1, 1, 1, -1))
+    return x.squeeze(1)
+
+
+def _ssim_maps(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """a, b [N, H, W] -> (SSIM map, structure-term map), each [N, H-10, W-10]."""
+    if min(a.shape[-2:]) <= 2 * SSIM_RADIUS:
+        raise ValueError(f"frames of {a.shape[-2]} x {a.shape[-1]} are too small for SSIM's "
+                         f"{2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} window")
+    a, b = a.double(), b.double()  # variances are small differences of large sums
+    mu_a, mu_b = _local_mean(a), _local_mean(b)
+    var_a = _local_mean(a * a) - mu_a ** 2
+    var_b = _local_mean(b * b) - mu_b ** 2
+    cov = _local_mean(a * b) - mu_a * mu_b
+    ssim = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
+            / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2)))
+    c3 = SSIM_C2 / 2
+    structure = (cov + c3) / (var_a.clamp_min(0).sqrt() * var_b.clamp_min(0).sqrt() + c3)
+    return ssim, structure
+
+
+# --- Edit Fidelity ------------------------------------------------------------------------
+def psnr(output: Tensor, target: Tensor) -> float:
+    """PSNR in dB over the whole clip (data range 1), capped at PSNR_CAP for identical clips."""
+    output, target = _check_pair(output, target, ("output", "target"))
+    mse = float(((output.double() - target.double()) ** 2).mean())
+    if mse <= 10 ** (-PSNR_CAP / 10):
+        return PSNR_CAP
+    return 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(output: Tensor, target: Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004; Gaussian 11x11 window, sigma 1.5, per RGB channel) over
+    frames and channels; equals skimage's `structural_similarity(..., gaussian_weights=True,
+    use_sample_covariance=False, data_range=1)`."""
+    output, target = _check_pair(output, target, ("output", "target"))
+    a = output.permute(0, 3, 1, 2).flatten(0, 1)  # [T*3, H, W]
+    b = target.permute(0, 3, 1, 2).flatten(0, 1)
+    return float(_ssim_maps(a, b)[0].mean())
+
+
+# --- Identity Preservation -----------------------------------------------------------------
+def gradient_magnitude(x: Tensor) -> Tensor:
+    """[T, H, W, 3] -> [T, H-1, W-1] magnitude of the luma gradient (forward differences).
+    A magnitude, so an inverted image has the same edges as the original."""
+    y = luma(x)  # [T, H, W]
+    dx = y[:, :-1, 1:] - y[:, :-1, :-1]
+    dy = y[:, 1:, :-1] - y[:, :-1, :-1]
+    return (dx ** 2 + dy ** 2).sqrt()
+
+
+def structure_agreement(output: Tensor, source: Tensor) -> float:
+    """Mean SSIM structure term (local correlation) between the edge maps of two clips, in
+    [-1, 1]: 1 when the output has the source's edges wherever the source has them, whatever
+    their strength, brightness or colour."""
+    output, source = _check_pair(output, source, ("output", "source"))
+    return float(_ssim_maps(gradient_magnitude(output), gradient_magnitude(source))[1].mean())
+
+
+# --- Temporal Coherence and Motion Smoothness ---------------------------------------------
+def temporal_coherence(output: Tensor, target: Tensor) -> float:
+    """1 - mean |(out[t+1] - out[t]) - (gt[t+1] - gt[t])|, in [0, 1] (clamped); 1 for one frame.
+
+    VBench's temporal flickering is (255 - mean |frame difference|) / 255 on static scenes;
+    subtracting the ground truth's own frame differences lets it score moving footage."""
+    output, target = _check_pair(output, target, ("output", "target"))
+    if output.shape[0] < 2:
+        return 1.0
+    err = (output.diff(dim=0) - target.diff(dim=0)).abs().mean()
+    return float((1.0 - err).clamp(0.0, 1.0))
+
+
+def motion_smoothness(output: Tensor) -> float:
+    """1 - mean |x[t] - (x[t-1] + x[t+1]) / 2| over t = 1..T-2, in [0, 1]; 1 for < 3 frames.
+
+    VBench reconstructs dropped frames with a frame-interpolation network (AMT) and scores
+    (255 - MAE) / 255; the linear interpolation of the neighbours is its offline analogue."""
+    output = check_clip(output, "output")
+    if output.shape[0] < 3:
+        return 1.0
+    middle = 0.5 * (output[:-2] + output[2:])
+    return float((1.0 - (output[1:-1] - middle).abs().mean()).clamp(0.0, 1.0))
+
+
+# --- one clip, and the summary ------------------------------------------------------------
+def clip_metrics(output: Tensor, target: Tensor, source: Tensor) -> dict[str, float | None]:
+    """Every tensor-only metric of one edited clip. `identity` is None where the ground-truth
+    edit does not keep the source's structure (its own agreement < STRUCTURE_MIN)."""
+    output, target = _check_pair(output, target, ("output", "ground truth"))
+    _check_pair(output, source, ("output", "source"))
+    keeps_structure = structure_agreement(target, source) >= STRUCTURE_MIN
+    return {
+        "psnr": psnr(output, target),
+        "ssim": ssim(output, target),
+        "identity": structure_agreement(output, source) if keeps_structure else None,
+        "temporal_coherence": temporal_coherence(output, target),
+        "motion_smoothness": motion_smoothness(output),
+    }
+
+
+def overall_quality(scores: dict[str, float | None]) -> float:
+    """Mean of the OVERALL_KEYS scores that are present (not None) in `scores`."""
+    vals = [float(scores[k]) for k in OVERALL_KEYS if scores.get(k) is not None]
+    if not vals:
+        raise ValueError(f"no scores to combine: need some of {OVERALL_KEYS}, got {sorted(scores)}")
+    return sum(vals) / len(vals)
+
+
+def summarize(rows: list[dict]) -> dict[str, float | int | None]:
+    """Mean of every COLUMNS key over the rows that have it (not None), plus `n_<key>` counts."""
+    out: dict[str, float | int | None] = {}
+    for key, _ in COLUMNS:
+        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+        out[f"n_{key}"] = len(vals)
+    return out
