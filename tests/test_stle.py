@@ -230,3 +230,13 @@ def test_cuda_bf16_chunked_matches_whole():
     torch.testing.assert_close(chunked, whole, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(decode_chunks(model, whole, [1, 1, 1, 1]), model.decode(whole),
                                atol=2e-2, rtol=2e-2)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = make_stle().train()
+    frames = torch.rand(1, 3, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    recon = model(frames)  # unclamped reconstruction, for training
+    assert recon.shape == frames.shape
+    (recon - frames).square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
