@@ -1,0 +1,48 @@
+"""ComfyUI nodes of StreamEdit (V3 `comfy_api` nodes); imported only inside ComfyUI."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .common import register_folders
+from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
+from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
+from .streaming import STREAMS
+from .video import EditVideo
+
+NODES: list[type[io.ComfyNode]] = [
+    ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
+    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo,
+]
+
+
+def _drop_streams_on_free():
+    """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
+    drops every stream's state, like ComfyUI drops its caches."""
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request, handler):
+        response = await handler(request)
+        if request.method == "POST" and request.path in ("/free", "/api/free") and response.status == 200:
+            body = await request.json()
+            if body.get("unload_models") or body.get("free_memory"):
+                STREAMS.clear()
+        return response
+
+    return middleware
+
+
+class StreamEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> StreamEditExtension:
+    # Set-up happens here rather than in `on_load`, which ComfyUI v0.3.75 does not call.
+    register_folders()
+    from server import PromptServer
+
+    app = PromptServer.instance.app
+    if not app.frozen:  # middlewares can only be added before the server starts
+        app.middlewares.append(_drop_streams_on_free())
+    return StreamEditExtension()

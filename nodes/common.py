@@ -1,0 +1,125 @@
+"""What the StreamEdit nodes share: our ComfyUI types, model folders, safe file paths, devices.
+
+Only imported inside ComfyUI (the package's `__init__.py` checks for `comfy_api` first).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..streamedit_core.model import StreamEditModel
+from ..streamedit_core.text import TextEnsemble
+
+CATEGORY = "StreamEdit"
+MODEL_FOLDER = "streamedit"  # ComfyUI/models/streamedit/*.safetensors
+
+# Our own socket types (what flows along the wires between our nodes).
+ModelType = io.Custom("STREAMEDIT_MODEL")
+TextEncoderType = io.Custom("STREAMEDIT_TEXT_ENCODER")
+TextType = io.Custom("STREAMEDIT_TEXT")
+
+STREAM_ID_TOOLTIP = ("Name of a stream whose state lives across queued jobs. Empty: the input is a "
+                     "whole clip, edited from its start within this job.")
+CHUNK_INDEX_TOOLTIP = ("Position of this chunk in the stream: 0 starts (or restarts) the stream, "
+                       "then 1, 2, ... one per queued job. Set 'control after generate' to "
+                       "'increment' to advance it automatically.")
+
+
+def register_folders() -> None:
+    """Register models/streamedit/ with ComfyUI (also where extra_model_paths.yaml can add more)."""
+    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, MODEL_FOLDER)], {".safetensors"})
+
+
+def resolve_inside(folder: str, name: str, what: str) -> str:
+    """Absolute path of `name` inside `folder`; ValueError for anything that leaves it
+    (`../`, absolute paths, symlinks pointing out) or does not exist."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what}: no file name given")
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"{what} {name!r} is outside ComfyUI's folder {root}; only files inside "
+                         "it can be used")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {name!r} does not exist in {root}")
+    return path
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What STREAMEDIT_MODEL carries: the model behind ComfyUI's model management.
+
+    `patcher` lets ComfyUI move the weights to the compute device when a node needs them and
+    back (or drop them) under memory pressure or on /free; call `get()` before every use.
+    """
+    patcher: comfy.model_patcher.ModelPatcher
+    name: str
+    attention: str | None  # None: the checkpoint's default backend
+
+    def get(self) -> StreamEditModel:
+        mm.load_models_gpu([self.patcher])
+        return self.patcher.model
+
+
+def load_model(path: str, name: str, dtype: torch.dtype | None, attention: str | None) -> LoadedModel:
+    from ..streamedit_core.checkpoint import load_checkpoint
+    import comfy.ops
+
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    # disable_weight_init: skip random init of weights the checkpoint overwrites anyway, and
+    # let ComfyUI cast weights on the fly in low-VRAM mode.
+    model = load_checkpoint(path, device=offload_device, dtype=dtype,
+                            operations=comfy.ops.disable_weight_init)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
+                                               offload_device=offload_device)
+    return LoadedModel(patcher, name, attention)
+
+
+def pick_dtype(choice: str) -> torch.dtype | None:
+    """'auto' = float32 on the CPU, else bfloat16/float16 where the device supports them."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    device = mm.get_torch_device()
+    if device.type == "cpu":
+        return torch.float32
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if mm.should_use_fp16(device) else torch.float32
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """What STREAMEDIT_TEXT carries: prompts starting at video frame indices (the first at 0),
+    each new one blended in over `transition_frames`."""
+    encoder: TextEnsemble
+    entries: tuple[tuple[int, str], ...]
+    transition_frames: int = 0
+
+    @property
+    def first(self) -> str:
+        return self.entries[0][1]
+
+    def switches_in(self, start: int, stop: int) -> list[tuple[int, str]]:
+        """Entries after the first whose frame lies in [start, stop)."""
+        return [(f, p) for f, p in self.entries[1:] if start <= f < stop]
+
+
+def check_model_latent(latent: dict, model: StreamEditModel, what: str) -> torch.Tensor:
+    """The samples [B, C, t, h, w] of a LATENT, checked against the model; ValueError if not ours."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError(f"{what}: expected a LATENT dict with 'samples', got {type(latent).__name__}")
+    c = model.config.stle.latent_channels
+    if samples.ndim != 5 or samples.shape[1] != c:
+        raise ValueError(f"{what}: latent of shape {list(samples.shape)} does not fit the StreamEdit "
+                         f"model {model.config.name!r}, which needs [B, {c}, t, h, w] from "
+                         "StreamEdit STLE Encode (not an image-model latent)")
+    return samples

@@ -1,0 +1,104 @@
+"""StreamEdit Edit Video: a video file in ComfyUI's input folder -> an edited file in its output
+folder, chunk by chunk (memory bounded by the window, not by the video's length)."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+from comfy_api.input_impl import VideoFromFile
+from comfy_api.latest import io, ui
+
+from ..streamedit_core.pipeline import StreamEditor, check_frame_size
+from ..streamedit_core.video import VideoReader, VideoWriter
+from .common import CATEGORY, LoadedModel, ModelType, PromptSchedule, TextType, resolve_inside
+
+CHUNK_FRAMES = 16
+
+
+def _input_videos() -> list[str]:
+    folder = folder_paths.get_input_directory()
+    files = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
+    return sorted(folder_paths.filter_files_content_types(files, ["video"]))
+
+
+def output_path(prefix: str, width: int, height: int) -> tuple[str, str, str]:
+    """(path, filename, subfolder) of a new .mp4 for `prefix`, refused outside the output folder."""
+    root = os.path.realpath(folder_paths.get_output_directory())
+    target = os.path.realpath(os.path.join(root, prefix))
+    if not prefix.strip() or os.path.commonpath([root, target]) != root:
+        raise ValueError(f"filename_prefix {prefix!r} points outside ComfyUI's output folder {root}")
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root, width, height)
+    filename = f"{name}_{counter:05}_.mp4"
+    return os.path.join(folder, filename), filename, subfolder
+
+
+class EditVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="StreamEditEditVideo",
+            display_name="StreamEdit Edit Video",
+            category=CATEGORY,
+            description="Edits a whole video file with the prompt (or prompt schedule), streaming it "
+                        "chunk by chunk; writes an .mp4 to the output folder.",
+            inputs=[
+                ModelType.Input("model"),
+                TextType.Input("text"),
+                io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
+                io.Int.Input("steps", default=6, min=1, max=64,
+                             tooltip="Denoising levels; 6 for the distilled model."),
+                io.Int.Input("window_min", default=1, min=0, max=16, optional=True,
+                             tooltip="Clean history latent frames kept at least."),
+                io.Int.Input("window_max", default=4, min=0, max=16, optional=True,
+                             tooltip="History latent frames kept at most on static content."),
+                io.String.Input("filename_prefix", default="streamedit/edit", optional=True,
+                                tooltip="Output file prefix, inside the output folder."),
+            ],
+            outputs=[io.Video.Output(display_name="video")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, video: str) -> bool:
+        # Taking `video` here turns off ComfyUI's "Value not in list" check so that a bad name
+        # (missing file, `../` path) reaches execute and fails with our message.
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, video: str, **kwargs) -> float | str:
+        path = os.path.join(folder_paths.get_input_directory(), video)
+        return os.path.getmtime(path) if os.path.isfile(path) else video
+
+    @classmethod
+    def execute(cls, model: LoadedModel, text: PromptSchedule, video: str, seed: int, steps: int,
+                window_min: int = 1, window_max: int = 4,
+                filename_prefix: str = "streamedit/edit") -> io.NodeOutput:
+        source = resolve_inside(folder_paths.get_input_directory(), video, "video")
+        m = model.get()
+        reader = VideoReader(source, chunk_frames=CHUNK_FRAMES)
+        check_frame_size(m.config, reader.height, reader.width)
+        path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
+        editor = StreamEditor(m, text.encoder, text.first, seed=seed, steps=steps,
+                              window_min=window_min, window_max=window_max, attention=model.attention)
+        bar = comfy.utils.ProgressBar(max(reader.num_frames, 1))
+        done = 0
+        with VideoWriter(path, reader.fps, reader.width, reader.height) as writer:
+            for chunk in reader:
+                mm.throw_exception_if_processing_interrupted()
+                start = done
+                # Split the chunk where the schedule switches prompts (feeding in pieces gives
+                # the same frames: the editor works one latent frame at a time).
+                for frame, prompt in text.switches_in(start, start + chunk.shape[0]):
+                    writer.write(editor.feed(chunk[done - start:frame - start]))
+                    editor.set_prompt(prompt, text.transition_frames)
+                    done = frame
+                writer.write(editor.feed(chunk[done - start:]))
+                done = start + chunk.shape[0]
+                bar.update_absolute(done, max(reader.num_frames, done))
+            writer.write(editor.flush())
+        return io.NodeOutput(VideoFromFile(path), ui=ui.PreviewVideo(
+            [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
