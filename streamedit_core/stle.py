@@ -142,7 +142,8 @@ class ChannelRMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, T, H, W]
         rms = torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
-        return x * rms * self.weight.to(x.dtype).view(1, -1, 1, 1, 1)
+        # .to(device): ComfyUI's low-VRAM mode may leave modules without cast-on-the-fly ops on CPU
+        return x * rms * self.weight.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1, 1)
 
 
 class ResBlock(nn.Module):
@@ -345,8 +346,8 @@ class STLE(nn.Module):
         dt = self._compute_dtype()
         x = frames.to(dt) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         z = self.encoder(x, cache)  # [B, 12, T/4, H/8, W/8]
-        mean = self.latent_mean.to(dt).view(1, -1, 1, 1, 1)
-        std = self.latent_std.to(dt).view(1, -1, 1, 1, 1)
+        mean = self.latent_mean.to(x.device, dt).view(1, -1, 1, 1, 1)
+        std = self.latent_std.to(x.device, dt).view(1, -1, 1, 1, 1)
         return (z - mean) / std
 
     def decode(self, latents: Tensor, cache: CausalCache | None = None, *,
@@ -360,8 +361,8 @@ class STLE(nn.Module):
         self._check(latents, "decode latents", cfg.latent_channels, 1, 1, cache,
                     "decoder.conv_in", check_finite)
         dt = self._compute_dtype()
-        mean = self.latent_mean.to(dt).view(1, -1, 1, 1, 1)
-        std = self.latent_std.to(dt).view(1, -1, 1, 1, 1)
+        mean = self.latent_mean.to(latents.device, dt).view(1, -1, 1, 1, 1)
+        std = self.latent_std.to(latents.device, dt).view(1, -1, 1, 1, 1)
         x = self.decoder(latents.to(dt) * std + mean, cache)  # [B, 3, 4t, 8h, 8w] in ~[-1, 1]
         x = (x + 1.0) * 0.5
         return x.clamp(0.0, 1.0) if clamp else x
