@@ -2,6 +2,7 @@
 real all-MiniLM-L6-v2 (paraphrases, cache), bad input, and the DiT consuming the output."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,17 +33,23 @@ def tiny(tiny_root):
     return TextEnsemble.from_folder(tiny_root / "tiny-paper")
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return TextEnsemble.minilm(max_tokens=16)
+@pytest.fixture
+def minilm(minilm16):
+    """The shared real MiniLM ensemble (conftest, session-scoped)."""
+    return minilm16
 
 
-def _forward_counter(ensemble: TextEnsemble) -> list[int]:
-    """Count forward calls of every loaded encoder."""
+@contextlib.contextmanager
+def count_forwards(ensemble: TextEnsemble):
+    """Yields [n]: the number of encoder forward calls made inside the block."""
     calls = [0]
-    for m in ensemble.members:
-        m.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    hooks = [m.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for m in ensemble.members]
+    try:
+        yield calls
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # --- Tiny T5 / ByT5 / CLIP folders, loaded exactly like real ones ----------------------------
@@ -172,13 +179,14 @@ def test_nothing_touches_the_network(tiny_root, monkeypatch):
 # --- Cache and offloading --------------------------------------------------------------------
 
 def test_cache_hit_does_no_encoder_work(tiny):
-    tiny.encode("turn the sky red")  # loads the encoders
-    calls = _forward_counter(tiny)
-    first = tiny.encode(["turn the sky red", "make it a watercolor painting"])
-    assert calls[0] == 3  # one batch per member for the one miss
-    hits = tiny.hits
-    again = tiny.encode(["make it a watercolor painting", "turn the sky red"])
-    assert calls[0] == 3 and tiny.hits == hits + 2
+    tiny.encode("turn the sky red")  # loads the encoders if no test did yet
+    tiny.clear_cache()
+    with count_forwards(tiny) as calls:
+        first = tiny.encode(["turn the sky red", "make it a watercolor painting"])
+        assert calls[0] == 3  # one batch per member for both misses
+        hits = tiny.hits
+        again = tiny.encode(["make it a watercolor painting", "turn the sky red"])
+        assert calls[0] == 3 and tiny.hits == hits + 2
     for a, b in zip(first.states, again.states):
         assert torch.equal(a, b.flip(0))
     again.states[0].zero_()  # callers get copies: the cache is not theirs to change
@@ -188,14 +196,14 @@ def test_cache_hit_does_no_encoder_work(tiny):
 def test_cache_is_lru_and_bounded(tiny_root):
     ens = TextEnsemble.from_folder(tiny_root / "tiny-paper", cache_size=2)
     ens.encode(["make it red", "make it blue"])
-    calls = _forward_counter(ens)
-    ens.encode("make it red")  # hit: now the most recent
-    ens.encode("make the video black")  # miss: evicts "make it blue"
-    assert calls[0] == 3
-    ens.encode("make it red")
-    assert calls[0] == 3
-    ens.encode("make it blue")
-    assert calls[0] == 6
+    with count_forwards(ens) as calls:
+        ens.encode("make it red")  # hit: now the most recent
+        ens.encode("make the video black")  # miss: evicts "make it blue"
+        assert calls[0] == 3
+        ens.encode("make it red")
+        assert calls[0] == 3
+        ens.encode("make it blue")
+        assert calls[0] == 6
 
 
 def test_offload_keeps_cache_and_reloads_on_miss(tiny_root):
@@ -218,10 +226,10 @@ def test_empty_prompt_is_the_null_embedding(tiny):
     """"" and whitespace = no instruction: all masks False, zeros, no encoder work."""
     tiny.encode("load the encoders")
     tiny.clear_cache()
-    calls = _forward_counter(tiny)
-    assert not tiny.encode(["", " \t\n"]).masks[0].any() and calls[0] == 0
-    emb = tiny.encode(["", "   \n", "make it red"])
-    assert calls[0] == 3  # one batch per member, for "make it red" only
+    with count_forwards(tiny) as calls:
+        assert not tiny.encode(["", " \t\n"]).masks[0].any() and calls[0] == 0
+        emb = tiny.encode(["", "   \n", "make it red"])
+        assert calls[0] == 3  # one batch per member, for "make it red" only
     null = tiny.null(2)
     for s, m, ns, nm in zip(emb.states, emb.masks, null.states, null.masks):
         assert torch.equal(s[:2], ns) and torch.equal(m[:2], nm) and not m[:2].any()
@@ -345,13 +353,14 @@ def test_minilm_paraphrases_score_closer_than_other_edits(minilm):
 
 
 def test_minilm_cache_hit_does_no_encoder_work(minilm):
-    minilm.encode("make it a watercolor painting")
-    calls = _forward_counter(minilm)
-    emb = minilm.encode("make it a watercolor painting")
-    assert calls[0] == 0
+    prompt, other = "make it look like an oil painting (cache test)", "a pencil sketch (cache test)"
+    minilm.encode(prompt)
+    with count_forwards(minilm) as calls:
+        emb = minilm.encode(prompt)
+        assert calls[0] == 0
+        minilm.encode(other)
+        assert calls[0] == 1
     assert emb.states[0].shape == (1, 16, 384)
-    minilm.encode("make it look like a pencil sketch")
-    assert calls[0] == 1
 
 
 def test_blend_of_two_prompts(minilm):
