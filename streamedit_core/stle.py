@@ -339,6 +339,7 @@ class STLE(nn.Module):
 
         `cache=None`: the clip is a whole stream from its start. With a cache: continues the
         stream it holds (and updates it), so chunked encoding equals encoding the whole clip.
+        `check_finite=False` skips the NaN/Inf check, a host sync, for per-chunk streaming loops.
         """
         cfg = self.cfg
         self._check(frames, "encode frames", cfg.in_channels, cfg.temporal_stride,
