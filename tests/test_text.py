@@ -258,6 +258,15 @@ def test_non_string_prompts_are_type_errors(tiny):
         tiny.encode([])
 
 
+def test_bad_ensemble_arguments(tiny):
+    with pytest.raises(ValueError, match="at least one member"):
+        TextEnsemble([])
+    with pytest.raises(ValueError, match="cache_size must be >= 0, got -1"):
+        TextEnsemble.minilm(16, cache_size=-1)
+    with pytest.raises(ValueError, match=r"'tiny-paper' has no 'sentence' member \(kinds \['t5', 'byt5', 'clip'\]\)"):
+        tiny.sentence_vectors("make it red")
+
+
 def test_missing_folder_and_manifest_name_the_path(tmp_path):
     with pytest.raises(ValueError, match=r"nowhere.*does not exist.*ensemble\.json"):
         TextEnsemble.from_folder(tmp_path / "nowhere")
