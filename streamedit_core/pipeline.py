@@ -153,6 +153,7 @@ class StreamEditor:
         self._switch_start = 0  # forward count at which the transition began
         self._switch_len = 1  # its length in forwards (= latent frames)
         self._reset_counters()
+        self._embed(prompt)  # a prompt or encoder the model cannot use fails here, not mid-stream
 
     def _reset_counters(self) -> None:
         self._pending = torch.zeros(0, 0, 0, 3, device=self.device)  # < 4 frames waiting

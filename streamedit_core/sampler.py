@@ -186,8 +186,8 @@ class StreamSampler:
         Returns the edited latent [C, h, w] float32 that left the buffer, or None in warm-up.
         """
         src = src.to(device=self.device, dtype=torch.float32)
-        if not state.allocated:
-            state.allocate(tuple(src.shape), self.device)
+        if not state.allocated or (state.next_index == 0 and tuple(src.shape) != state.latent_shape):
+            state.allocate(tuple(src.shape), self.device)  # a new stream may have a new size
         elif tuple(src.shape) != state.latent_shape:
             raise ValueError(f"latent size changed mid-stream: {tuple(state.latent_shape)} -> "
                              f"{tuple(src.shape)}; reset the stream first")
