@@ -271,6 +271,9 @@ class TextMember:
         ids = batch["input_ids"].to(self.device)  # [B, L]
         mask = batch["attention_mask"].to(self.device)  # [B, L]
         states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, d]
+        if not torch.isfinite(states).all():  # once per new prompt, not in the per-chunk loop
+            raise ValueError(f"{self._where()}: the encoder produced non-finite states in "
+                             f"{self.dtype} (T5 overflows in float16: use bfloat16 or float32)")
         masks = mask.bool().cpu()
         states = states.float().cpu() * masks.unsqueeze(-1)  # padded positions hold zeros
         return states, masks

@@ -339,6 +339,30 @@ def test_weights_that_do_not_match_the_config(tmp_path, tiny_root):
         ens.encode("make it red")
 
 
+def test_non_finite_encoder_output_is_an_error(tiny_root):
+    ens = TextEnsemble.from_folder(tiny_root / "tiny-paper")
+    ens.encode("load the encoders")
+
+    def overflow(module, args, out):
+        out.last_hidden_state.fill_(float("inf"))  # as T5 can overflow in float16
+
+    ens.members[1].model.register_forward_hook(overflow)
+    with pytest.raises(ValueError, match=r"text member 1 \(byt5, .*non-finite states in torch.float32"):
+        ens.encode("make it red")
+    assert "make it red" not in ens._cache  # nothing half-encoded is kept
+
+
+def test_manifest_mixing_builtin_minilm_and_a_folder(tiny_root, tmp_path):
+    th.write_manifest(tmp_path / "mixed", "mixed", [
+        {"kind": "sentence", "path": "builtin:minilm", "max_tokens": 16},
+        {"kind": "t5", "path": str(tiny_root / "tiny-paper" / "t5"), "max_tokens": 8},  # absolute
+    ])
+    ens = TextEnsemble.from_folder(tmp_path / "mixed")
+    assert ens.member_configs == (TextMemberConfig("sentence", 384, 16), TextMemberConfig("t5", th.T5_DIM, 8))
+    emb = ens.encode(["make it red", ""])
+    assert [m.sum(1).tolist() for m in emb.masks] == [[5, 0], [4, 0]]  # [CLS] make it red [SEP]; 3 + </s>
+
+
 def test_check_compatible_names_member_kind_and_dims(tiny, minilm):
     minilm.check_compatible(PRESETS["tiny"])
     with pytest.raises(ValueError, match=r"text member 0: .*kind=sentence dim=384 max_tokens=16, "
