@@ -29,6 +29,32 @@ def live_tiny_model():
     return model
 
 
+class FakeTextEncoder:
+    """A deterministic stand-in for a TextEnsemble (one `sentence` member of `dim` x `tokens`):
+    random token states seeded by the prompt's characters, every token real."""
+
+    def __init__(self, tokens: int = 16, dim: int = 384) -> None:
+        self.tokens, self.dim = tokens, dim
+
+    def encode(self, prompts):
+        from streamedit_core.types import TextEmbedding
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        g = torch.Generator().manual_seed(sum(map(ord, prompts[0])))
+        return TextEmbedding((torch.randn(1, self.tokens, self.dim, generator=g),),
+                             (torch.ones(1, self.tokens, dtype=torch.bool),))
+
+    def null(self, batch: int = 1):
+        from streamedit_core.types import TextEmbedding
+        return TextEmbedding((torch.zeros(batch, self.tokens, self.dim),),
+                             (torch.zeros(batch, self.tokens, dtype=torch.bool),))
+
+
+@pytest.fixture
+def fake_text():
+    """A FakeTextEncoder matching the `tiny` preset's text member (16 tokens x 384)."""
+    return FakeTextEncoder()
+
+
 @pytest.fixture(scope="session")
 def minilm16():
     """The real all-MiniLM-L6-v2 ensemble with 16 tokens (the `tiny` preset's text member)."""

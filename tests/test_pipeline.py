@@ -11,23 +11,7 @@ import torch
 from streamedit_core.config import PRESETS, STLEConfig
 from streamedit_core.model import StreamEditModel
 from streamedit_core.pipeline import StreamEditor, check_frame_size, edit_video
-from streamedit_core.types import TextEmbedding
-
-
-class FakeText:
-    """A deterministic stand-in for the text ensemble: random states seeded by the prompt."""
-
-    def __init__(self, tokens=16, dim=384):
-        self.tokens, self.dim = tokens, dim
-
-    def encode(self, prompts):
-        g = torch.Generator().manual_seed(sum(map(ord, prompts[0])))
-        return TextEmbedding((torch.randn(1, self.tokens, self.dim, generator=g),),
-                             (torch.ones(1, self.tokens, dtype=torch.bool),))
-
-    def null(self, batch=1):
-        return TextEmbedding((torch.zeros(batch, self.tokens, self.dim),),
-                             (torch.zeros(batch, self.tokens, dtype=torch.bool),))
+from conftest import FakeTextEncoder as FakeText
 
 
 def _frames(n=22, h=32, w=32, seed=0):
