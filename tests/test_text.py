@@ -6,7 +6,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,6 +178,22 @@ def test_nothing_touches_the_network(tiny_root, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     for ens in (TextEnsemble.from_folder(tiny_root / "tiny-paper"), TextEnsemble.minilm(16)):
         assert ens.encode("make it red").masks[0].any()
+
+
+def test_works_without_torchvision_timm_open_clip(tiny_root):
+    """The text path needs none of them (ComfyUI installs torchvision; transformers would use it)."""
+    script = (
+        "import sys\n"
+        "for name in ('torchvision', 'timm', 'open_clip'):\n"
+        "    sys.modules[name] = None  # find_spec() -> None, import -> ImportError: not installed\n"
+        "from streamedit_core.text import TextEnsemble\n"
+        f"for ens in (TextEnsemble.from_folder({str(tiny_root / 'tiny-paper')!r}), TextEnsemble.minilm(16)):\n"
+        "    assert all(m.any() for m in ens.encode('make it red').masks)\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 # --- Cache and offloading --------------------------------------------------------------------
