@@ -233,6 +233,25 @@ class StreamEditor:
         with torch.inference_mode():
             self.sampler.shrink(self._state)
 
+    # latent-level entry points (ComfyUI's latent nodes run the STLE themselves)
+    @property
+    def stream_state(self):
+        """The sampler's `StreamState` (read it; `next_index` is the next latent frame's index)."""
+        return self._state
+
+    def step_latent(self, src: Tensor) -> Tensor | None:
+        """One sampler step on a source latent [C, h, w] with the editor's prompt (and running
+        transition); returns the edited latent [C, h, w] float32 or None during warm-up."""
+        with torch.inference_mode():
+            return self.sampler.step(self._state, src, *self._texts_for_step())
+
+    def drain_latent(self) -> Tensor | None:
+        """One flush step: the next edited latent still in flight, or None when none is left."""
+        with torch.inference_mode():
+            if self._state.n_inflight == 0:
+                return None
+            return self.sampler.drain(self._state, *self._texts_for_step())
+
     def reset(self) -> None:
         """Start a new stream (same prompt, seed and settings); buffers are kept and reused."""
         if self._target is not None:
@@ -263,9 +282,11 @@ class StreamEditor:
         })
 
     def load_state_dict(self, d: dict) -> None:
-        if not isinstance(d, dict) or d.get("version") != _STATE_VERSION:
-            raise ValueError(f"not a StreamEditor state (version {_STATE_VERSION}): "
-                             f"got {type(d).__name__} with version {getattr(d, 'get', dict().get)('version')}")
+        if not isinstance(d, dict):
+            raise TypeError(f"StreamEditor state must be a dict, got {type(d).__name__}")
+        if d.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a StreamEditor state of version {_STATE_VERSION}: "
+                             f"version {d.get('version')!r}")
         if d["settings"] != self._settings():
             raise ValueError(f"editor state was saved with settings {d['settings']}, "
                              f"this editor has {self._settings()}")

@@ -213,3 +213,20 @@ def test_edit_video_interrupt_leaves_no_file(tiny_model, make_clip, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
     with pytest.raises(ValueError, match="is the input file"):
         edit_video(tiny_model, FakeText(), src, src, "x")
+
+
+def test_latent_entry_points_match_feed(live_tiny_model, fake_text):
+    frames = _frames(12, seed=4)
+    ref = _run(StreamEditor(live_tiny_model, fake_text, "x", steps=2), frames, 12)
+    editor = StreamEditor(live_tiny_model, fake_text, "x", steps=2)
+    stle = live_tiny_model.stle
+    enc, dec = stle.new_cache(), stle.new_cache()
+    with torch.inference_mode():
+        src = stle.encode(frames.permute(3, 0, 1, 2)[None], enc)  # [1, C, 3, h, w]
+        latents = [editor.step_latent(src[0, :, i]) for i in range(3)]
+        assert latents[0] is None and editor.stream_state.next_index == 3
+        while (z := editor.drain_latent()) is not None:
+            latents.append(z)
+        z = torch.stack([z for z in latents if z is not None], 1)[None]  # [1, C, 3, h, w]
+        out = stle.decode(z, dec)[0].permute(1, 2, 3, 0)
+    assert torch.allclose(out, ref, atol=1e-5)
