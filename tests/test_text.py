@@ -171,13 +171,18 @@ def test_nothing_touches_the_network(tiny_root, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
+    attempts = []
+
+    def refuse(*args, **kwargs):  # recorded too, in case a library swallows the error
+        attempts.append(args)
+        raise OSError(f"network access attempted: {args}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     for ens in (TextEnsemble.from_folder(tiny_root / "tiny-paper"), TextEnsemble.minilm(16)):
         assert ens.encode("make it red").masks[0].any()
+    assert attempts == []
 
 
 def test_works_without_torchvision_timm_open_clip(tiny_root):
