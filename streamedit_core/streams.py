@@ -34,6 +34,8 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._streams: dict[str, _Stream] = {}
+        # One lock around a whole feed: jobs share one model on one device, so running them one
+        # at a time costs nothing, and a stream is never seen half-updated.
         self._lock = threading.RLock()
 
     def __contains__(self, stream_id: str) -> bool:

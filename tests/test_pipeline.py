@@ -230,3 +230,14 @@ def test_latent_entry_points_match_feed(live_tiny_model, fake_text):
         z = torch.stack([z for z in latents if z is not None], 1)[None]  # [1, C, 3, h, w]
         out = stle.decode(z, dec)[0].permute(1, 2, 3, 0)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_load_state_dict_bad_input(tiny_model, fake_text):
+    editor = StreamEditor(tiny_model, fake_text, "x")
+    with pytest.raises(TypeError, match="must be a dict, got list"):
+        editor.load_state_dict([])
+    with pytest.raises(ValueError, match="version 1: version 99"):
+        editor.load_state_dict({**editor.state_dict(), "version": 99})
+    other = StreamEditor(tiny_model, fake_text, "x", steps=3).state_dict()
+    with pytest.raises(ValueError, match="'steps': 3.*'steps': 6"):
+        editor.load_state_dict(other)
