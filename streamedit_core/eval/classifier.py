@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 NO_EDIT = "none"
 FEATURE_FRAMES = 4  # frames per clip the features look at (evenly spaced)
-HUE_BINS, SAT_BINS, VAL_BINS, LUMA_BINS = 12, 8, 8, 32
+HUE_BINS, LUMA_BINS = 12, 32
+Z_CLIP = 4.0  # standardised features are clipped to this many standard deviations
+RIDGE = 1e-3  # colour-map ridge on chroma, per pixel: chroma varying less than this counts as none
 
 
 def rgb_to_hsv(x: Tensor) -> Tensor:
@@ -47,59 +49,90 @@ def _histogram(values: Tensor, bins: int, weights: Tensor | None = None) -> Tens
     return hist / hist.sum(1, keepdim=True).clamp_min(1e-8)
 
 
-def _frame_stats(x: Tensor) -> Tensor:
-    """x [N, H, W, 3] -> per-frame colour/texture statistics [N, F]."""
+def _colour_map(x: Tensor, s: Tensor) -> Tensor:
+    """Ridge least-squares affine colour map out_rgb ~ A @ [src_Y, src_Cb, src_Cr, 1] per frame,
+    and how much of the output it leaves unexplained: x, s [N, P, 3] -> [N, 12 + 3].
+
+    Content does not enter the map itself: grayscale, sepia, invert, brightness, tints and hue
+    rotations are each a characteristic matrix; blur, pixelation, posterize and sketches are
+    not colour maps at all and leave a residual. Regressing on luma and chroma (not R, G, B)
+    keeps the map well defined for a grey source: its chroma columns shrink to 0 (a ridge on
+    chroma only) while its luma column is the same as for a colourful source."""
+    n, p, _ = s.shape
+    y = luma(s)
+    ycc = torch.stack([y, s[..., 2] - y, s[..., 0] - y, torch.ones_like(y)], -1)  # [N, P, 4]
+    gram = ycc.transpose(1, 2) @ ycc
+    ridge = p * torch.diag(torch.tensor([1e-6, RIDGE, RIDGE, 0.0], dtype=s.dtype, device=s.device))
+    coef = torch.linalg.solve(gram + ridge, ycc.transpose(1, 2) @ x)  # [N, 4, 3]
+    resid = (x - ycc @ coef).pow(2).mean(1).sqrt()  # [N, 3]
+    return torch.cat([coef.transpose(1, 2).flatten(1), resid], dim=1)
+
+
+def _texture(x: Tensor) -> Tensor:
+    """x [N, H, W, 3] -> texture statistics [N, 4]: edge energy, high-frequency energy,
+    fraction of flat neighbours (pixelation), luma-histogram entropy (posterization)."""
     n = x.shape[0]
-    hsv = rgb_to_hsv(x).reshape(n, -1, 3)
-    h, s, v = hsv.unbind(-1)
     y = luma(x)  # [N, H, W]
-    flat = x.reshape(n, -1, 3)
     box = torch.nn.functional.avg_pool2d(y.unsqueeze(1), 3, stride=1, padding=1,
                                          count_include_pad=False).squeeze(1)
-    dx = (y[:, :, 1:] - y[:, :, :-1]).abs()
-    dy = (y[:, 1:, :] - y[:, :-1, :]).abs()
+    dx = (y[:, :, 1:] - y[:, :, :-1]).abs().flatten(1)
+    dy = (y[:, 1:, :] - y[:, :-1, :]).abs().flatten(1)
     lh = _histogram(y.reshape(n, -1), LUMA_BINS)
-    return torch.cat([
-        _histogram(h, HUE_BINS, s * v),  # which hues, weighted by how colourful
-        _histogram(s, SAT_BINS),
-        _histogram(v, VAL_BINS),
-        flat.mean(1), flat.std(1),  # mean and spread of R, G, B
-        s.mean(1, keepdim=True), v.mean(1, keepdim=True),
-        (flat.max(-1).values - flat.min(-1).values).mean(1, keepdim=True),  # greyness
-        gradient_magnitude(x).flatten(1).mean(1, keepdim=True),  # edge energy
-        (y - box).abs().flatten(1).mean(1, keepdim=True),  # high-frequency energy
-        0.5 * ((dx < 0.01).flatten(1).float().mean(1, keepdim=True)
-               + (dy < 0.01).flatten(1).float().mean(1, keepdim=True)),  # flat runs: blockiness
-        -(lh * lh.clamp_min(1e-8).log()).sum(1, keepdim=True),  # luma entropy: posterize
+    return torch.stack([
+        gradient_magnitude(x).flatten(1).mean(1),
+        (y - box).abs().flatten(1).mean(1),
+        0.5 * ((dx < 0.004).double().mean(1) + (dy < 0.004).double().mean(1)),
+        -(lh * lh.clamp_min(1e-8).log()).sum(1),
     ], dim=1)
 
 
+def _colour(x: Tensor) -> Tensor:
+    """x [N, H, W, 3] -> colour statistics [N, HUE_BINS + 4]: the hue histogram weighted by
+    colourfulness, mean saturation, mean value, mean and spread of luma."""
+    n = x.shape[0]
+    h, s, v = rgb_to_hsv(x).reshape(n, -1, 3).unbind(-1)
+    y = luma(x).reshape(n, -1)
+    return torch.cat([_histogram(h, HUE_BINS, s * v),
+                      torch.stack([s.mean(1), v.mean(1), y.mean(1), y.std(1)], dim=1)], dim=1)
+
+
 def _correlation(a: Tensor, b: Tensor) -> Tensor:
-    """Per-row Pearson correlation of a, b [N, P] -> [N, 1]."""
+    """Per-row Pearson correlation of a, b [N, P] -> [N]."""
     a = a - a.mean(1, keepdim=True)
     b = b - b.mean(1, keepdim=True)
-    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)).unsqueeze(1)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
 
 
 def clip_features(clip: Tensor, source: Tensor) -> Tensor:
-    """Features [F] of an edited clip and its source (both [T, H, W, 3] in [0, 1]): statistics
-    of the clip, their change from the source's, and clip-source correlations of luma,
-    chroma and edges (an inverted clip has luma correlation -1, a blurred one weak edges)."""
+    """Features [F] of an edited clip given its source (both [T, H, W, 3] in [0, 1]), mostly
+    relations between the two so that they carry over from photos to footage: the affine colour
+    map source -> clip and its residual, texture statistics of the clip and their change (in
+    log ratio or difference), colour statistics of the clip and their change, and the
+    correlations of luma and of edge maps (an inverted clip has luma correlation -1)."""
     clip, source = check_clip(clip, "clip"), check_clip(source, "source")
     if clip.shape != source.shape:
         raise ValueError(f"clip {tuple(clip.shape)} and source {tuple(source.shape)} must have the same shape")
     idx = torch.linspace(0, clip.shape[0] - 1, min(FEATURE_FRAMES, clip.shape[0])).round().long()
     x, s = clip[idx].double(), source[idx].double()  # [N, H, W, 3]
-    fx, fs = _frame_stats(x), _frame_stats(s)
     n = x.shape[0]
-    rg = lambda t: (t[..., 0] - t[..., 1]).reshape(n, -1)  # noqa: E731 (two chroma axes)
-    yb = lambda t: (0.5 * (t[..., 0] + t[..., 1]) - t[..., 2]).reshape(n, -1)  # noqa: E731
-    corr = torch.cat([
-        _correlation(luma(x).reshape(n, -1), luma(s).reshape(n, -1)),
-        _correlation(rg(x), rg(s)), _correlation(yb(x), yb(s)),
-        _correlation(gradient_magnitude(x).reshape(n, -1), gradient_magnitude(s).reshape(n, -1)),
+    tx, ts = _texture(x), _texture(s)
+    cx, cs = _colour(x), _colour(s)
+    log_ratio = (tx[:, :2] + 1e-3).log() - (ts[:, :2] + 1e-3).log()
+    feats = torch.cat([
+        _colour_map(x.reshape(n, -1, 3), s.reshape(n, -1, 3)),
+        tx, log_ratio, tx[:, 2:] - ts[:, 2:],
+        cx, cx - cs,
+        torch.stack([_correlation(luma(x).reshape(n, -1), luma(s).reshape(n, -1)),
+                     _correlation(gradient_magnitude(x).reshape(n, -1),
+                                  gradient_magnitude(s).reshape(n, -1))], dim=1),
     ], dim=1)
-    return torch.cat([fx, fx - fs, corr], dim=1).mean(0).float()
+    return feats.mean(0).float()
+
+
+def _standardise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """z-scores, clipped to +-Z_CLIP: a feature that barely varied in training (a statistic
+    that one family pins) must not dominate the decision on a clip where it varies."""
+    return ((x - mean) / std).clamp(-Z_CLIP, Z_CLIP)
 
 
 @dataclass
@@ -112,7 +145,7 @@ class EditClassifier:
     bias: Tensor  # [K]
 
     @classmethod
-    def fit(cls, features: Tensor, labels: list[str], l2: float = 1e-3,
+    def fit(cls, features: Tensor, labels: list[str], l2: float = 1e-2,
             max_iter: int = 300) -> "EditClassifier":
         """features [N, F], labels: the class of each row (at least two distinct ones)."""
         if features.ndim != 2 or features.shape[0] != len(labels):
@@ -124,7 +157,7 @@ class EditClassifier:
         y = torch.tensor([classes.index(c) for c in labels])
         x = features.double()
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-        x = (x - mean) / std
+        x = _standardise(x, mean, std)
         w = torch.zeros(len(classes), x.shape[1], dtype=torch.float64, requires_grad=True)
         b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
@@ -142,7 +175,7 @@ class EditClassifier:
 
     def probabilities(self, features: Tensor) -> Tensor:
         """features [N, F] (or [F]) -> class probabilities [N, K] (or [K])."""
-        z = (features.float() - self.mean) / self.std
+        z = _standardise(features.float(), self.mean, self.std)
         return torch.softmax(z @ self.weight.T + self.bias, dim=-1)
 
     def predict(self, features: Tensor) -> list[str]:
