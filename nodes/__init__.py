@@ -7,11 +7,11 @@ from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
 from .streaming import STREAMS
-from .video import EditVideo
+from .video import EditVideo, LoadVideoChunk
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
-    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo,
+    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo, LoadVideoChunk,
 ]
 
 

@@ -53,6 +53,20 @@ def resolve_inside(folder: str, name: str, what: str) -> str:
     return path
 
 
+class Managed(torch.nn.Module):
+    """Holds the model for ComfyUI's ModelPatcher, which sets attributes such as `device` on
+    the module it manages (our model's `device` is a read-only property)."""
+
+    def __init__(self, model: StreamEditModel) -> None:
+        super().__init__()
+        self.streamedit = model
+
+
+def manage(model: StreamEditModel) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(Managed(model), load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """What STREAMEDIT_MODEL carries: the model behind ComfyUI's model management.
@@ -64,23 +78,25 @@ class LoadedModel:
     name: str
     attention: str | None  # None: the checkpoint's default backend
 
+    @property
+    def model(self) -> StreamEditModel:
+        """The model wherever its weights are now (for its config; use `get()` to compute)."""
+        return self.patcher.model.streamedit
+
     def get(self) -> StreamEditModel:
         mm.load_models_gpu([self.patcher])
-        return self.patcher.model
+        return self.model
 
 
 def load_model(path: str, name: str, dtype: torch.dtype | None, attention: str | None) -> LoadedModel:
     from ..streamedit_core.checkpoint import load_checkpoint
     import comfy.ops
 
-    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     # disable_weight_init: skip random init of weights the checkpoint overwrites anyway, and
     # let ComfyUI cast weights on the fly in low-VRAM mode.
-    model = load_checkpoint(path, device=offload_device, dtype=dtype,
+    model = load_checkpoint(path, device=mm.unet_offload_device(), dtype=dtype,
                             operations=comfy.ops.disable_weight_init)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
-                                               offload_device=offload_device)
-    return LoadedModel(patcher, name, attention)
+    return LoadedModel(manage(model), name, attention)
 
 
 def pick_dtype(choice: str) -> torch.dtype | None:

@@ -30,7 +30,8 @@ def _stream_inputs() -> list[io.Input]:
 
 def _stream_fingerprint(stream_id: str) -> float | str:
     # A node holding stream state must run on every queued job: NaN never equals itself.
-    return float("nan") if stream_id else ""
+    # stream_id is None when it comes through a link that is not computed yet: assume a stream.
+    return "" if stream_id == "" else float("nan")
 
 
 def _open(model: LoadedModel, stream_id: str, chunk_index: int) -> StreamEntry | None:
@@ -46,8 +47,8 @@ class STLEEncode(io.ComfyNode):
             category=CATEGORY,
             description="Video frames -> StreamEdit latents (4 frames -> 1 latent frame, 8x smaller).",
             inputs=[ModelType.Input("model"),
-                    io.Image.Input("images", tooltip="Frames [T, H, W, C]; H and W multiples of 16 "
-                                                     "for the shipped models.")] + _stream_inputs(),
+                    io.Image.Input("images", tooltip="Frames [T, H, W, C]; H and W multiples of 32 "
+                                                     "for the shipped presets.")] + _stream_inputs(),
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
@@ -119,7 +120,8 @@ class STLEDecode(io.ComfyNode):
         with torch.inference_mode():
             for i in range(samples.shape[2]):
                 mm.throw_exception_if_processing_interrupted()
-                z = samples[:, :, i:i + 1].to(m.device, m.dtype)  # [1, C, 1, h, w]
+                # contiguous like StreamEditor's own latents: the same layout gives the same floats
+                z = samples[:, :, i:i + 1].to(m.device, m.dtype).contiguous()  # [1, C, 1, h, w]
                 frames = m.stle.decode(z, cache, check_finite=False)  # [1, 3, 4, H, W]
                 out.append(frames[0].permute(1, 2, 3, 0).float().cpu())  # [4, H, W, 3]
                 bar.update(1)
@@ -199,8 +201,8 @@ class DiTSampler(io.ComfyNode):
                 mm.throw_exception_if_processing_interrupted()
                 index = editor._state.next_index  # absolute latent frame index in the stream
                 cls._switch_prompts(editor, text, index * stride, stride)
-                out.append(editor.sampler.step(editor._state, latents[0, :, i],
-                                               *editor._texts_for_step()))
+                src = latents[0, :, i].contiguous()  # [C, h, w], laid out as StreamEditor's
+                out.append(editor.sampler.step(editor._state, src, *editor._texts_for_step()))
                 bar.update(1)
             while flush and editor._state.n_inflight:
                 mm.throw_exception_if_processing_interrupted()

@@ -10,7 +10,7 @@ from ..streamedit_core.config import PRESETS
 from ..streamedit_core.pipeline import check_prompt
 from ..streamedit_core.text import TextEnsemble, list_ensembles
 from .common import (CATEGORY, MODEL_FOLDER, LoadedModel, ModelType, PromptSchedule,
-                     TextEncoderType, TextType, load_model, pick_dtype, resolve_inside)
+                     TextEncoderType, TextType, load_model, manage, pick_dtype, resolve_inside)
 
 FROM_CHECKPOINT = "from checkpoint"
 RANDOM_WEIGHTS = "none (random weights)"
@@ -65,7 +65,6 @@ class ModelLoader(io.ComfyNode):
         from ..streamedit_core.checkpoint import read_checkpoint_config
         from ..streamedit_core.model import StreamEditModel
         import comfy.model_management as mm
-        import comfy.model_patcher
 
         backend = None if attention == "auto" else attention
         if ckpt_name == RANDOM_WEIGHTS:
@@ -74,9 +73,7 @@ class ModelLoader(io.ComfyNode):
                                  f"{list(PRESETS)}")
             model = StreamEditModel.from_preset(preset, seed=0, dtype=pick_dtype(dtype),
                                                 device=mm.unet_offload_device())
-            patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                                       offload_device=mm.unet_offload_device())
-            return io.NodeOutput(LoadedModel(patcher, f"random {preset}", backend))
+            return io.NodeOutput(LoadedModel(manage(model), f"random {preset}", backend))
         path = cls._find(ckpt_name)
         if preset != FROM_CHECKPOINT:
             found = read_checkpoint_config(path).name
@@ -124,7 +121,7 @@ class TextEnsembleLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LoadedModel, ensemble: str) -> io.NodeOutput:
-        config = model.patcher.model.config
+        config = model.model.config
         if ensemble == BUILTIN_MINILM:
             members = config.dit.text_members
             if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:

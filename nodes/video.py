@@ -12,7 +12,8 @@ from comfy_api.latest import io, ui
 
 from ..streamedit_core.pipeline import StreamEditor, check_frame_size
 from ..streamedit_core.video import VideoReader, VideoWriter
-from .common import CATEGORY, LoadedModel, ModelType, PromptSchedule, TextType, resolve_inside
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, LoadedModel, ModelType, PromptSchedule,
+                     TextType, resolve_inside)
 
 CHUNK_FRAMES = 16
 
@@ -48,7 +49,8 @@ class EditVideo(io.ComfyNode):
                 TextType.Input("text"),
                 io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Noise seed; latent frame i uses noise seeded by (seed, i)."),
                 io.Int.Input("steps", default=6, min=1, max=64,
                              tooltip="Denoising levels; 6 for the distilled model."),
                 io.Int.Input("window_min", default=1, min=0, max=16, optional=True,
@@ -102,3 +104,43 @@ class EditVideo(io.ComfyNode):
             writer.write(editor.flush())
         return io.NodeOutput(VideoFromFile(path), ui=ui.PreviewVideo(
             [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
+
+
+class LoadVideoChunk(io.ComfyNode):
+    """Frames [k * n, (k + 1) * n) of a video file: a stand-in for a live source when streaming."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="StreamEditLoadVideoChunk",
+            display_name="StreamEdit Load Video Chunk",
+            category=CATEGORY,
+            description="Loads chunk chunk_index (chunk_frames frames) of a video in the input "
+                        "folder, to stream a file chunk by chunk, one queued job per chunk.",
+            inputs=[
+                io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder."),
+                io.Int.Input("chunk_index", default=0, min=0, max=2**31 - 1,
+                             control_after_generate=True, tooltip=CHUNK_INDEX_TOOLTIP),
+                io.Int.Input("chunk_frames", default=16, min=4, max=4096, step=4,
+                             tooltip="Frames per chunk; a multiple of 4 (one latent frame)."),
+            ],
+            outputs=[io.Image.Output(display_name="images"), io.Float.Output(display_name="fps")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, video: str) -> bool:
+        return True  # see EditVideo.validate_inputs
+
+    @classmethod
+    def execute(cls, video: str, chunk_index: int, chunk_frames: int) -> io.NodeOutput:
+        if chunk_frames % 4:
+            raise ValueError(f"chunk_frames must be a multiple of 4, got {chunk_frames}")
+        reader = VideoReader(resolve_inside(folder_paths.get_input_directory(), video, "video"),
+                             chunk_frames=chunk_frames)
+        count = 0
+        for count, chunk in enumerate(reader, 1):  # decodes the chunks before it: a demo source
+            if count - 1 == chunk_index:
+                return io.NodeOutput(chunk, float(reader.fps))
+        raise ValueError(f"video {video!r} has no chunk {chunk_index}: it holds {count} chunks of "
+                         f"up to {chunk_frames} frames")

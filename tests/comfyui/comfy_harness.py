@@ -38,7 +38,8 @@ def free_port() -> int:
 class ComfyServer:
     """One ComfyUI process; `base` holds custom_nodes/, models/, input/, output/, user/."""
 
-    def __init__(self, base: Path, comfy_root: Path = COMFYUI_ROOT, python: str = sys.executable):
+    def __init__(self, base: Path, comfy_root: Path = COMFYUI_ROOT, python: str = sys.executable,
+                 threads: int | None = None):
         if not (comfy_root / "main.py").is_file():
             raise FileNotFoundError(f"no ComfyUI at {comfy_root}: run `make comfyui` first")
         self.base, self.comfy_root, self.python = Path(base), comfy_root, python
@@ -46,6 +47,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "comfyui.log"
         self.proc: subprocess.Popen | None = None
+        self.threads = threads  # torch CPU threads in the server (None: torch's default)
 
     def prepare(self) -> None:
         nodes = self.base / "custom_nodes"
@@ -66,6 +68,8 @@ class ComfyServer:
                "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACKAGE_LINK,
                "--disable-api-nodes", "--disable-auto-launch"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_root, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
