@@ -48,6 +48,7 @@ class ComfyServer:
         self.log_path = self.base / "comfyui.log"
         self.proc: subprocess.Popen | None = None
         self.threads = threads  # torch CPU threads in the server (None: torch's default)
+        self.extra_nodes: list[str] = []  # more custom_nodes/ folders to load besides ours
 
     def prepare(self) -> None:
         nodes = self.base / "custom_nodes"
@@ -59,13 +60,14 @@ class ComfyServer:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         settings = self.base / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
-        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+        if not settings.exists():  # else the web UI opens with its Templates dialog
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
 
     def start(self, timeout: float = 120.0) -> None:
         self.prepare()
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
-               "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACKAGE_LINK,
+               "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACKAGE_LINK, *self.extra_nodes,
                "--disable-api-nodes", "--disable-auto-launch"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.threads is not None:
