@@ -167,12 +167,6 @@ class DiTSampler(io.ComfyNode):
         return _stream_fingerprint(stream_id)
 
     @classmethod
-    def validate_inputs(cls, window_min: int = 1, window_max: int = 4) -> bool | str:
-        if window_min > window_max:
-            return f"window_min ({window_min}) must not exceed window_max ({window_max})"
-        return True
-
-    @classmethod
     def execute(cls, model: LoadedModel, source: dict, text: PromptSchedule, seed: int, steps: int,
                 stream_id: str = "", chunk_index: int = 0, window_min: int = 1, window_max: int = 4,
                 flush: bool = False) -> io.NodeOutput:

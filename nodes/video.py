@@ -133,6 +133,10 @@ class LoadVideoChunk(io.ComfyNode):
         return True  # see EditVideo.validate_inputs
 
     @classmethod
+    def fingerprint_inputs(cls, video: str, **kwargs) -> float | str:
+        return EditVideo.fingerprint_inputs(video)
+
+    @classmethod
     def execute(cls, video: str, chunk_index: int, chunk_frames: int) -> io.NodeOutput:
         if chunk_frames % 4:
             raise ValueError(f"chunk_frames must be a multiple of 4, got {chunk_frames}")

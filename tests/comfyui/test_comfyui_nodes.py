@@ -270,6 +270,8 @@ def test_chunk_gap_repeat_reset_and_free(comfy, object_info):
     run_error(comfy, chunk(1), repr(stream_id), "has no state", "chunk_index 0")
     run_ok(comfy, chunk(0))
     run_error(comfy, chunk(2), "chunk_index 2 skips chunks", "next chunk is 1")
+    run_error(comfy, set_inputs(chunk(1), "StreamEditDiTSampler", seed=7), "was started with",
+              "'seed': 0", "'seed': 7")
     run_ok(comfy, chunk(1))
     run_error(comfy, chunk(1), "chunk_index 1 repeats", "next chunk is 2")
     reset = {"1": {"class_type": "StreamEditResetStream", "inputs": {"stream_id": stream_id}}}
@@ -300,6 +302,10 @@ def test_bad_inputs_report_clear_errors_and_server_recovers(comfy, comfy_base, o
 
     bad = set_inputs(copy.deepcopy(good), "StreamEditEditVideo", video="odd40.mp4")
     run_error(comfy, bad, "40 x 40 is not supported", "32 x 32")
+
+    bad = set_inputs(workflow("prompt_schedule", object_info), "StreamEditDiTSampler",
+                     window_min=3, window_max=2)
+    run_error(comfy, bad, "window_min=3", "window_max=2")
 
     bad = set_inputs(workflow("prompt_schedule", object_info), "StreamEditPromptSchedule",
                      schedule="5: starts late")
