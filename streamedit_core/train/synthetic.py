@@ -1,0 +1,305 @@
+"""Synthetic edit pairs from still photos: the training data of the demo model and the edit
+benchmark's ground truth (`eval.benchmark` reuses everything here).
+
+- Photos: scikit-image's bundled colour photos (`skimage.data`, no download).
+- Motion: a seeded camera path (pan, zoom, rotation as one affine `grid_sample` per frame)
+  plus a few moving patches, so clips have real motion for the temporal losses.
+- Edits: `FAMILIES`, each a pure torch function on frames `[T, H, W, 3]` in `[0, 1]` and
+  several paraphrases. The empty prompt is the identity ("no edit"), matching the text
+  ensemble's null embedding.
+- Splits: by photo AND by paraphrase, from a hash of the name (`split_photos`,
+  `split_paraphrases`), so validation/test ask for unseen wording on unseen images.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SPLITS = ("train", "validation", "test")
+IDENTITY_PROMPT = ""  # the null prompt: target == source
+
+# --- Edit functions: [T, H, W, 3] float in [0, 1] -> same shape -------------------------------
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _luma(x: Tensor) -> Tensor:
+    """[..., 3] -> [..., 1] Rec.601 luma."""
+    w = x.new_tensor(_LUMA)
+    return (x * w).sum(-1, keepdim=True)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    return _luma(x).expand_as(x).clone()
+
+
+def sepia(x: Tensor) -> Tensor:
+    m = x.new_tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+    return (x @ m.T).clamp(0, 1)
+
+
+def invert(x: Tensor) -> Tensor:
+    return 1.0 - x
+
+
+def _colorize(x: Tensor, rgb: tuple[float, float, float]) -> Tensor:
+    """Overlay-blend the luma with a named colour: shading kept, hue replaced."""
+    y, c = _luma(x), x.new_tensor(rgb)
+    return torch.where(y < 0.5, 2 * y * c, 1 - 2 * (1 - y) * (1 - c)).clamp(0, 1)
+
+
+def _channels_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Run an [N, 3, H, W] image op on [T, H, W, 3] frames."""
+    def wrapped(x: Tensor) -> Tensor:
+        return fn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
+    return wrapped
+
+
+@_channels_first
+def blur(x: Tensor) -> Tensor:
+    sigma = max(1.0, x.shape[-1] / 32)
+    r = int(math.ceil(2.5 * sigma))
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    g = (g / g.sum()).view(1, 1, -1)
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+@_channels_first
+def pixelate(x: Tensor) -> Tensor:
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, h // 8), max(1, w // 8)), mode="area")
+    return F.interpolate(small, size=(h, w), mode="nearest")
+
+
+def posterize(x: Tensor) -> Tensor:
+    return torch.floor(x * 3.999) / 3.0
+
+
+def brighter(x: Tensor) -> Tensor:
+    return (x * 1.35 + 0.08).clamp(0, 1)
+
+
+def darker(x: Tensor) -> Tensor:
+    return x * 0.5
+
+
+def warm(x: Tensor) -> Tensor:
+    return (x * x.new_tensor([1.15, 1.0, 0.8]) + x.new_tensor([0.04, 0.01, 0.0])).clamp(0, 1)
+
+
+def cool(x: Tensor) -> Tensor:
+    return (x * x.new_tensor([0.8, 1.0, 1.15]) + x.new_tensor([0.0, 0.01, 0.04])).clamp(0, 1)
+
+
+@_channels_first
+def sketch(x: Tensor) -> Tensor:
+    """Pencil sketch: dark strokes where the luma has edges (Sobel), on white paper."""
+    y = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)  # [N, 1, H, W]
+    k = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(yp, k.view(1, 1, 3, 3))
+    gy = F.conv2d(yp, k.T.contiguous().view(1, 1, 3, 3))
+    paper = 1.0 - (2.0 * torch.sqrt(gx ** 2 + gy ** 2 + 1e-8)).clamp(0, 1)
+    return paper.expand(-1, 3, -1, -1).contiguous()
+
+
+@dataclass(frozen=True)
+class EditFamily:
+    """A procedural edit: `apply(frames [T, H, W, 3] in [0, 1]) -> [T, H, W, 3] in [0, 1]`."""
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    paraphrases: tuple[str, ...]
+
+    def apply(self, frames: Tensor) -> Tensor:
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"edit {self.name!r} expects frames [T, H, W, 3], got {tuple(frames.shape)}")
+        return self.fn(frames.float()).clamp(0, 1)
+
+
+FAMILIES: dict[str, EditFamily] = {f.name: f for f in (
+    EditFamily("grayscale", grayscale, (
+        "make it black and white", "convert to grayscale", "remove all the colour",
+        "turn it into a monochrome video", "desaturate everything", "make it look like an old black-and-white film")),
+    EditFamily("sepia", sepia, (
+        "apply a sepia tone", "make it look like an old sepia photograph", "give it a vintage brown tint",
+        "turn it sepia", "age the footage with a sepia filter", "make it look antique and brownish")),
+    EditFamily("invert", invert, (
+        "invert the colors", "make it a photo negative", "flip every colour to its opposite",
+        "turn it into a negative image", "reverse the colours", "show it as a film negative")),
+    EditFamily("hue_red", functools.partial(_colorize, rgb=(0.9, 0.15, 0.1)), (
+        "make everything red", "tint the whole scene red", "turn the colours to shades of red",
+        "recolour it in red", "give it a deep red hue", "paint the video red")),
+    EditFamily("hue_blue", functools.partial(_colorize, rgb=(0.1, 0.3, 0.95)), (
+        "make everything blue", "tint the whole scene blue", "turn the colours to shades of blue",
+        "recolour it in blue", "give it a deep blue hue", "paint the video blue")),
+    EditFamily("blur", blur, (
+        "blur the video", "make it blurry", "apply a soft gaussian blur",
+        "make everything out of focus", "smooth away the details", "defocus the image")),
+    EditFamily("pixelate", pixelate, (
+        "pixelate it", "make it look like 8-bit pixel art", "turn it into big blocky pixels",
+        "apply a mosaic effect", "lower the resolution into chunky pixels", "make it look retro and pixelated")),
+    EditFamily("posterize", posterize, (
+        "posterize the colours", "reduce it to a few flat colours", "make it look like a screen print",
+        "use only a handful of colour levels", "give it a flat poster look", "quantize the colours")),
+    EditFamily("brighter", brighter, (
+        "make it brighter", "brighten the video", "increase the exposure",
+        "make the scene lighter", "turn up the brightness", "make it look sunny and bright")),
+    EditFamily("darker", darker, (
+        "make it darker", "darken the video", "lower the exposure",
+        "make the scene look like dusk", "turn down the brightness", "make it dim and shadowy")),
+    EditFamily("warm", warm, (
+        "give it a warm tint", "make the colours warmer", "add a golden hour glow",
+        "make it look warm and cosy", "shift the white balance to warm", "add an orange warmth")),
+    EditFamily("cool", cool, (
+        "give it a cool tint", "make the colours colder", "add a cold blue cast",
+        "make it look wintry and cool", "shift the white balance to cool", "give it a chilly look")),
+    EditFamily("sketch", sketch, (
+        "make it a pencil sketch", "turn it into a line drawing", "draw it in pencil on white paper",
+        "make it look hand-sketched", "convert to a graphite drawing", "render it as an ink outline")),
+)}
+
+
+# --- Splits ----------------------------------------------------------------------------------
+def _hash01(key: str) -> float:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+
+
+def _split_by_rank(keys: tuple[str, ...], salt: str, n_test: int, n_val: int, split: str) -> tuple[str, ...]:
+    """Rank keys by a salted hash: the first n_test are test, the next n_val validation, the
+    rest train. Deterministic, and never leaves a split empty (unlike thresholding a hash)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    ranked = sorted(keys, key=lambda k: _hash01(f"{salt}:{k}"))
+    parts = {"test": ranked[:n_test], "validation": ranked[n_test:n_test + n_val],
+             "train": ranked[n_test + n_val:]}
+    return tuple(k for k in keys if k in parts[split])  # original order
+
+
+def split_paraphrases(family: str, split: str) -> tuple[str, ...]:
+    """The paraphrases of `family` in `split` (one test, one validation, the rest train)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown edit family {family!r}; expected one of {sorted(FAMILIES)}")
+    return _split_by_rank(FAMILIES[family].paraphrases, f"paraphrase:{family}", 1, 1, split)
+
+
+# --- Photos ----------------------------------------------------------------------------------
+# scikit-image's colour photos (bundled with the package; `cat` is `chelsea` again, left out).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+          "colorwheel", "retina", "logo")
+_PHOTO_SIDE = 256  # photos are kept at this short side: crops of 32..128 px need no more
+
+
+def split_photos(split: str) -> tuple[str, ...]:
+    """Photos of a split: two test, one validation, six train."""
+    return _split_by_rank(PHOTOS, "photo", 2, 1, split)
+
+
+@functools.lru_cache(maxsize=len(PHOTOS))
+def load_photo(name: str) -> Tensor:
+    """Photo `name` from skimage.data as [3, H, W] float32 in [0, 1], short side _PHOTO_SIDE."""
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; expected one of {PHOTOS}")
+    import numpy as np
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    x = torch.from_numpy(img.astype(np.float32) / 255.0)
+    if x.shape[-1] == 4:  # RGBA (logo): composite on white
+        x = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
+    x = x.permute(2, 0, 1).unsqueeze(0)  # [1, 3, H, W]
+    scale = _PHOTO_SIDE / min(x.shape[-2:])
+    size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
+    return F.interpolate(x, size=size, mode="area" if scale < 1 else "bilinear", align_corners=None)[0]
+
+
+def photo_clip(photo: str, *, frames: int, size: int, seed: int) -> Tensor:
+    """A clip [frames, size, size, 3] float32 in [0, 1]: `photo` under a seeded camera path
+    (pan + zoom + rotation, linear in time) with two moving patches on top."""
+    if frames < 1 or size < 8:
+        raise ValueError(f"photo_clip needs frames >= 1 and size >= 8, got frames={frames}, size={size}")
+    rng = random.Random(f"clip:{photo}:{seed}")
+    img = load_photo(photo)  # [3, H, W]
+    _, h, w = img.shape
+    s = torch.linspace(0.0, 1.0, frames, dtype=torch.float64)  # path parameter per frame
+    # 1. Camera: zoom (fraction of the short side seen), rotation and centre, from start to end.
+    def path(lo: float, hi: float) -> Tensor:  # [T] from a random start to a random end
+        a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
+        return a + (b - a) * s
+
+    zoom, angle, cx, cy = path(0.35, 0.8), path(-0.2, 0.2), path(-0.3, 0.3), path(-0.3, 0.3)
+    sx, sy = zoom * min(h, w) / w, zoom * min(h, w) / h  # square crop in normalised coordinates
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([sx * cos, -sy * sin, cx], -1),
+                         torch.stack([sx * sin, sy * cos, cy], -1)], -2).float()  # [T, 2, 3]
+    grid = F.affine_grid(theta, [frames, 3, size, size], align_corners=False)
+    clip = F.grid_sample(img.expand(frames, -1, -1, -1), grid, mode="bilinear",
+                         padding_mode="reflection", align_corners=False)  # [T, 3, size, size]
+    # 2. Moving patches: solid squares of random colour, moving linearly across the frame.
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for _ in range(2):
+        half = rng.uniform(0.06, 0.15) * size
+        colour = torch.tensor([rng.random(), rng.random(), rng.random()]).view(3, 1, 1)
+        x0, y0, x1, y1 = (rng.uniform(0, size) for _ in range(4))
+        for i in range(frames):
+            px, py = x0 + (x1 - x0) * float(s[i]), y0 + (y1 - y0) * float(s[i])
+            mask = ((xx - px).abs() < half) & ((yy - py).abs() < half)
+            clip[i] = torch.where(mask, colour, clip[i])
+    return clip.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
+
+
+# --- Dataset ---------------------------------------------------------------------------------
+class SyntheticEditDataset:
+    """Edit pairs generated on the fly; item `p` depends only on (seed, p).
+
+    Each item: {"source", "target": [3, T, H, W] float32 in [0, 1], "prompt": str}. A fraction
+    `identity_fraction` of items are identity pairs with the empty prompt (null = no edit).
+    `length` (default: every photo x family x paraphrase of the split, x 8 clips) bounds the
+    index space: `length=4` gives a fixed set of 4 pairs, for overfitting tests.
+    """
+
+    def __init__(self, split: str = "train", *, frames: int = 8, size: int = 32, seed: int = 0,
+                 identity_fraction: float = 0.1, length: int | None = None,
+                 families: tuple[str, ...] | None = None) -> None:
+        self.photos = split_photos(split)
+        self.families = tuple(sorted(FAMILIES)) if families is None else tuple(families)
+        for f in self.families:
+            if f not in FAMILIES:
+                raise ValueError(f"unknown edit family {f!r}; expected one of {sorted(FAMILIES)}")
+        if not 0.0 <= identity_fraction <= 1.0:
+            raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
+        self.split, self.frames, self.size, self.seed = split, frames, size, seed
+        self.identity_fraction = identity_fraction
+        self.prompts = {f: split_paraphrases(f, split) for f in self.families}
+        default = len(self.photos) * sum(len(p) for p in self.prompts.values()) * 8
+        self.length = default if length is None else int(length)
+        if self.length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def all_prompts(self) -> list[str]:
+        """Every prompt an item can carry (for pre-encoding the text once)."""
+        return [IDENTITY_PROMPT] + [p for f in self.families for p in self.prompts[f]]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = random.Random(f"synthetic:{self.split}:{self.seed}:{int(index) % self.length}")
+        photo = rng.choice(self.photos)
+        clip = photo_clip(photo, frames=self.frames, size=self.size, seed=rng.randrange(2**31))
+        if rng.random() < self.identity_fraction:
+            target, prompt = clip, IDENTITY_PROMPT
+        else:
+            family = rng.choice(self.families)
+            target, prompt = FAMILIES[family].apply(clip), rng.choice(self.prompts[family])
+        return {"source": clip.permute(3, 0, 1, 2).contiguous(),  # [3, T, H, W]
+                "target": target.permute(3, 0, 1, 2).contiguous(), "prompt": prompt}
