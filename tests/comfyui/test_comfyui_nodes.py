@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from comfy_harness import COMFYUI_ROOT, REPO, PromptRejected, ui_to_api
-from conftest import CHECKPOINT, CLIP, CLIP_FRAMES, CLIP_SIZE, LONG_CLIP, torch_threads
+from comfy_testdata import CHECKPOINT, CLIP, CLIP_FRAMES, CLIP_SIZE, LONG_CLIP, torch_threads
 
 pytestmark = pytest.mark.comfyui
 
