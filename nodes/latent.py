@@ -193,14 +193,14 @@ class DiTSampler(io.ComfyNode):
         with torch.inference_mode():
             for i in range(n):
                 mm.throw_exception_if_processing_interrupted()
-                index = editor._state.next_index  # absolute latent frame index in the stream
+                index = editor.stream_state.next_index  # absolute latent frame index in the stream
                 cls._switch_prompts(editor, text, index * stride, stride)
                 src = latents[0, :, i].contiguous()  # [C, h, w], laid out as StreamEditor's
-                out.append(editor.sampler.step(editor._state, src, *editor._texts_for_step()))
+                out.append(editor.step_latent(src))
                 bar.update(1)
-            while flush and editor._state.n_inflight:
+            while flush and editor.stream_state.n_inflight:
                 mm.throw_exception_if_processing_interrupted()
-                out.append(editor.sampler.drain(editor._state, *editor._texts_for_step()))
+                out.append(editor.drain_latent())
                 bar.update(1)
         ready = [o[:, None] for o in out if o is not None]  # [C, 1, h, w] each
         edited = torch.cat(ready, dim=1)[None] if ready else samples[:, :, :0]
