@@ -105,8 +105,9 @@ class ModelConfig:
 
     @property
     def spatial_stride(self) -> int:
-        """Pixels per DiT token side: frame sizes must be a multiple of this."""
-        return self.stle.spatial_stride * self.dit.patch_size
+        """Frame height and width must be multiples of this (the STLE's 8x); the DiT pads its
+        token grid itself to what patching and the 2x2 merge need."""
+        return self.stle.spatial_stride
 
     @property
     def temporal_stride(self) -> int:

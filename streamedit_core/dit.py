@@ -208,9 +208,6 @@ class StreamEditDiT(nn.Module):
                              f"got {tuple(t.shape)}")
         if T > cfg.max_frames:
             raise ValueError(f"window of {T} latent frames exceeds max_frames={cfg.max_frames}")
-        if h % (2 * p) or w % (2 * p):
-            raise ValueError(f"latent size {h}x{w} is not supported: h and w must be multiples of "
-                             f"{2 * p} (patch_size={p}, then a 2x2 token merge)")
         if len(text.states) != len(cfg.text_members) or len(text.masks) != len(cfg.text_members):
             raise ValueError(f"text has {len(text.states)} members, the model expects "
                              f"{len(cfg.text_members)} ({[m.kind for m in cfg.text_members]})")
@@ -285,11 +282,19 @@ class StreamEditDiT(nn.Module):
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
         B, _, T, h, w = x.shape
-        gh, gw = h // self.cfg.patch_size, w // self.cfg.patch_size
+        # Any latent size works: the grid is padded (edge-replicated) to a multiple of 2 patches,
+        # which the patching and the 2x2 merge need, and the output is cropped back. Users then
+        # only need frames that are a multiple of the STLE's 8 pixels.
+        m = 2 * self.cfg.patch_size
+        ph, pw = -h % m, -w % m
+        xc = torch.cat([x, cond], dim=1)  # [B, 2C, T, h, w]
+        if ph or pw:
+            xc = F.pad(xc, (0, pw, 0, ph, 0, 0), mode="replicate")
+        gh, gw = (h + ph) // self.cfg.patch_size, (w + pw) // self.cfg.patch_size
         dtype = self.patch_embed.weight.dtype
 
         # Tokens: patches of [x, cond] + spatial (size-free) + temporal (window slot) position.
-        tokens = self._patchify(torch.cat([x, cond], dim=1).to(dtype))  # [B, T, N, 2*C*p*p]
+        tokens = self._patchify(xc.to(dtype))  # [B, T, N, 2*C*p*p]
         pos = sincos_2d(gh, gw, self.cfg.hidden_size, x.device).to(dtype)  # [N, D]
         hs = self.patch_embed(tokens) + pos + self.temporal_pos[:T, None]  # [B, T, N, D]
         c = self.t_embedder(t)  # [B, T, D]
@@ -316,4 +321,4 @@ class StreamEditDiT(nn.Module):
 
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
-        return self._unpatchify(out, h, w).to(x.dtype)
+        return self._unpatchify(out, h + ph, w + pw)[..., :h, :w].to(x.dtype)

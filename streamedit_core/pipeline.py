@@ -35,12 +35,8 @@ _STATE_VERSION = 1
 
 # --- input checks (the one place user input to the editor is validated) -----------------
 def frame_multiple(config: ModelConfig) -> int:
-    """Frame height and width must be multiples of this many pixels.
-
-    `config.spatial_stride` (STLE 8x times the DiT patch) per DiT token, and the DiT merges
-    2x2 tokens in its middle blocks, so the token grid must be even as well.
-    """
-    return math.lcm(config.spatial_stride, config.stle.spatial_stride * config.dit.patch_size * 2)
+    """Frame height and width must be multiples of this many pixels (the STLE's stride)."""
+    return config.spatial_stride
 
 
 def check_frame_size(config: ModelConfig, height: int, width: int) -> None:

@@ -85,9 +85,9 @@ def test_no_model_given(capsys, tmp_path, make_clip):
 
 
 def test_frame_size_not_supported(capsys, tmp_path, make_clip):
-    src = make_clip("in.mp4", w=48, h=32)
+    src = make_clip("in.mp4", w=44, h=32)
     msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny")
-    assert "32 x 48 is not supported" in msg and "32 x 32, 32 x 64" in msg
+    assert "32 x 44 is not supported" in msg and "32 x 40, 32 x 48" in msg
 
 
 def test_missing_checkpoint(capsys, tmp_path, make_clip):

@@ -144,7 +144,7 @@ def test_incompatible_text_encoder(tiny_model):
     (torch.ones(4, 32, 32, 3, dtype=torch.int64), TypeError, "dtype torch.int64 is not supported"),
     (torch.full((4, 32, 32, 3), float("nan")), ValueError, "NaN or Inf"),
     (torch.full((4, 32, 32, 3), 255.0), ValueError, r"in \[0, 1\], got min 255, max 255"),
-    (torch.rand(4, 40, 32, 3), ValueError, r"40 x 32 is not supported.*multiples of 32.*32 x 32, 64 x 32"),
+    (torch.rand(4, 36, 32, 3), ValueError, r"36 x 32 is not supported.*multiples of 8.*32 x 32, 40 x 32"),
 ])
 def test_bad_frames(tiny_model, frames, exc, match):
     editor = StreamEditor(tiny_model, FakeText(), "x")
@@ -184,7 +184,8 @@ def test_bad_prompt(tiny_model, prompt, exc, match):
 
 def test_check_frame_size_names_nearest_sizes(tiny_model):
     check_frame_size(tiny_model.config, 64, 96)
-    with pytest.raises(ValueError, match=r"20 x 20 .* 32 x 32$|20 x 20 .*nearest valid sizes: 32 x 32 "):
+    check_frame_size(tiny_model.config, 40, 24)
+    with pytest.raises(ValueError, match=r"20 x 20 .*nearest valid sizes: 16 x 16, 16 x 24, 24 x 16, 24 x 24 "):
         check_frame_size(tiny_model.config, 20, 20)
 
 
