@@ -1,0 +1,175 @@
+"""Training run configs (frozen dataclasses, read from the JSON stage files in configs/train/).
+
+One `TrainConfig` per run; a stage file holds its non-default fields. Unknown keys are a
+ValueError naming the key (a config from another version, or a typo).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .partitions import check_partition
+
+TASKS = ("stle", "dit", "distill")
+DATA_KINDS = ("synthetic", "manifest", "latents")
+PRECISIONS = ("fp32", "bf16")
+
+# Fields that may differ between a run and its resume (they do not change the trajectory).
+RESUME_FREE = ("steps", "out_dir", "log_every", "save_every", "progress")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "synthetic"  # synthetic (photos + procedural edits) | manifest (JSONL) | latents (shards)
+    path: str | None = None  # manifest file or latent shard folder
+    frames: int = 8  # video frames per sample (a multiple of 4: 4 frames -> 1 latent frame)
+    size: int = 32  # square crop side in pixels (a multiple of the model's spatial stride)
+    split: str = "train"  # synthetic: which split of photos and paraphrases
+    identity_fraction: float = 0.1  # synthetic: share of identity pairs (empty prompt)
+    length: int | None = None  # synthetic: size of the index space (small = a fixed set)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "dit"  # stle | dit | distill
+    preset: str = "tiny"  # model preset when no init_checkpoint is given
+    init_checkpoint: str | None = None  # start from these weights (later stages; distill: the teacher)
+    text: str = "minilm"  # minilm (built-in) | random (tests: wording does not matter) | an ensemble folder
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 1000
+    global_batch: int = 8  # samples per optimizer step over all ranks
+    micro_batch: int = 0  # per rank per forward; 0 = global_batch / world (no accumulation)
+    lr: float = 5e-5  # the paper's base-stage rate; later stages 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA; else the exported weights are the EMA
+    seed: int = 0
+    # SCM objective and ASW partitions
+    temporal_weight: float = 0.1  # lambda of the temporal-consistency term
+    motion_compensation: bool = False  # align consecutive frames by the source's global motion
+    partitions: tuple[str, ...] = ("uniform", "chunk1", "chunk2")
+    history_max: int = 2  # clean history latent frames at most in a training window
+    shift: float = 3.0  # timestep shift of the flow schedule (as the samplers)
+    prompt_dropout: float = 0.1  # share of samples trained as (null prompt -> source) for CFG
+    # STLE objective
+    ssim_weight: float = 0.2
+    stream_weight: float = 0.1  # consistency of a stream started one latent frame later
+    # distillation
+    teacher_steps: int = 24  # the CFG teacher's steps (6 * 2^k)
+    target_steps: int = 6
+    teacher_cfg: float = 3.0
+    # system
+    parallel: str = "auto"  # auto (ddp under torchrun) | none | ddp | fsdp
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer stay fp32)
+    grad_checkpointing: bool = False
+    device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
+    log_every: int = 10
+    save_every: int = 0  # 0 = only at the end
+    out_dir: str = "runs/train"
+    progress: bool = True  # tqdm bar (rank 0, and only on a TTY)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.data.kind not in DATA_KINDS:
+            raise ValueError(f"unknown data kind {self.data.kind!r}; expected one of {DATA_KINDS}")
+        if self.data.kind != "synthetic" and not self.data.path:
+            raise ValueError(f"data kind {self.data.kind!r} needs data.path")
+        if self.task == "stle" and self.data.kind == "latents":
+            raise ValueError("task 'stle' trains on pixels: data.kind must be 'synthetic' or 'manifest', "
+                             "not 'latents'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        if self.steps < 0 or self.global_batch < 1 or self.micro_batch < 0:
+            raise ValueError(f"need steps >= 0, global_batch >= 1, micro_batch >= 0; got steps={self.steps}, "
+                             f"global_batch={self.global_batch}, micro_batch={self.micro_batch}")
+        if self.data.frames % 4 or self.data.frames < 4:
+            raise ValueError(f"data.frames={self.data.frames} must be a positive multiple of 4")
+        if not self.partitions:
+            raise ValueError("partitions must name at least one scheme")
+        for p in self.partitions:
+            check_partition(p)
+        if not 0.0 <= self.prompt_dropout <= 1.0:
+            raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
+        if self.task == "distill":
+            n, k = self.teacher_steps, 0
+            while n > self.target_steps and n % 2 == 0:
+                n, k = n // 2, k + 1
+            if n != self.target_steps or k == 0:
+                raise ValueError(f"teacher_steps={self.teacher_steps} must be target_steps={self.target_steps} "
+                                 "times a power of two (>= 2), e.g. 24, 48, 96 for 6")
+
+    def micro_for(self, world: int) -> tuple[int, int]:
+        """(micro_batch, accumulation steps) for `world` ranks; ValueError if G does not split."""
+        micro = self.micro_batch or self.global_batch // world
+        if micro < 1 or self.global_batch % (micro * world):
+            raise ValueError(f"global_batch={self.global_batch} is not a multiple of micro_batch={micro} x "
+                             f"world size {world}")
+        return micro, self.global_batch // (micro * world)
+
+    def distill_rounds(self) -> list[tuple[int, int]]:
+        """[(teacher steps, student steps)], e.g. 24 -> 12 -> 6 gives [(24, 12), (12, 6)]."""
+        rounds, n = [], self.teacher_steps
+        while n > self.target_steps:
+            rounds.append((n, n // 2))
+            n //= 2
+        return rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        data = d.pop("data", {})
+        _check_keys(DataConfig, data, "data")
+        _check_keys(cls, d, "train config")
+        if "partitions" in d:
+            d["partitions"] = tuple(d["partitions"])
+        return cls(data=DataConfig(**data), **d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"train config not found: {str(path)!r}")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"train config {str(path)!r} is not valid JSON: {e}") from e
+        d.pop("_comment", None)
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"train config {str(path)!r}: {e}") from e
+
+
+def _check_keys(cls: type, d: Any, where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)} - {"data"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+
+
+def resume_mismatch(saved: dict[str, Any], current: TrainConfig) -> list[str]:
+    """Fields (besides RESUME_FREE) where a saved run's config differs from `current`."""
+    now = current.to_dict()
+    keys = sorted((set(saved) | set(now)) - set(RESUME_FREE))
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}"
+            for k in keys if _norm(saved.get(k)) != _norm(now.get(k))]
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v))
