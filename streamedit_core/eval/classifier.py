@@ -107,8 +107,10 @@ def clip_features(clip: Tensor, source: Tensor) -> Tensor:
     """Features [F] of an edited clip given its source (both [T, H, W, 3] in [0, 1]), mostly
     relations between the two so that they carry over from photos to footage: the affine colour
     map source -> clip and its residual, texture statistics of the clip and their change (in
-    log ratio or difference), colour statistics of the clip and their change, and the
-    correlations of luma and of edge maps (an inverted clip has luma correlation -1)."""
+    log ratio or difference), the change of colour statistics, and the correlations of luma
+    and of edge maps (an inverted clip has luma correlation -1). The clip's own colour
+    statistics are left out: they describe the footage more than the edit, and made unedited
+    real footage look like a tint."""
     clip, source = check_clip(clip, "clip"), check_clip(source, "source")
     if clip.shape != source.shape:
         raise ValueError(f"clip {tuple(clip.shape)} and source {tuple(source.shape)} must have the same shape")
@@ -121,7 +123,7 @@ def clip_features(clip: Tensor, source: Tensor) -> Tensor:
     feats = torch.cat([
         _colour_map(x.reshape(n, -1, 3), s.reshape(n, -1, 3)),
         tx, log_ratio, tx[:, 2:] - ts[:, 2:],
-        cx, cx - cs,
+        cx - cs,
         torch.stack([_correlation(luma(x).reshape(n, -1), luma(s).reshape(n, -1)),
                      _correlation(gradient_magnitude(x).reshape(n, -1),
                                   gradient_magnitude(s).reshape(n, -1))], dim=1),
@@ -145,7 +147,7 @@ class EditClassifier:
     bias: Tensor  # [K]
 
     @classmethod
-    def fit(cls, features: Tensor, labels: list[str], l2: float = 1e-2,
+    def fit(cls, features: Tensor, labels: list[str], l2: float = 1e-3,
             max_iter: int = 300) -> "EditClassifier":
         """features [N, F], labels: the class of each row (at least two distinct ones)."""
         if features.ndim != 2 or features.shape[0] != len(labels):

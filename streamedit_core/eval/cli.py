@@ -1,0 +1,104 @@
+"""`python -m streamedit_core eval`: score a model on the benchmark.
+
+Writes to --out: `eval.json` (settings, summary per method, one row per pair), `eval.md` (the
+same as Markdown tables) and `contact_sheet.png` (one row per pair, middle frame:
+source | ours | baseline, if any | ground truth).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..config import PRESETS
+from .benchmark import SPLITS, build_pairs, ground_truth_adherence, train_classifier
+from .metrics import summarize
+from .report import contact_sheet, write_json, write_markdown, write_png
+from .runner import BASELINES, run_method
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m streamedit_core eval",
+                                description="Score a model on the StreamEdit V2V benchmark.")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="a StreamEdit .safetensors checkpoint")
+    model.add_argument("--preset", help=f"random weights of a preset ({', '.join(PRESETS)})")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (and the weights' seed with --preset)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="benchmark split (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
+    p.add_argument("--steps", type=int, default=None, help="denoising levels (default: the model's)")
+    p.add_argument("--baseline", default="none", choices=BASELINES,
+                   help="also run a baseline: per-frame (no history window) or full-steps "
+                        "(offline teacher over the whole clip)")
+    p.add_argument("--full-steps", type=int, default=24, help="Euler steps of the full-steps baseline")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--text-ensemble", default=None,
+                   help="folder with an ensemble.json (default: the built-in MiniLM ensemble)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--sheet-rows", type=int, default=12, help="pairs shown in the contact sheet")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.full_steps < 1:
+        raise ValueError(f"--full-steps must be >= 1, got {args.full_steps}")
+    if args.sheet_rows < 1:
+        raise ValueError(f"--sheet-rows must be >= 1, got {args.sheet_rows}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} exists and is not a folder")
+
+
+def main(argv: Sequence[str]) -> int:
+    from ..cli import _load_model, _load_text  # one way to load a model and its text encoder
+
+    args = _parser().parse_args(list(argv))
+    _check_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _load_model(args, device)
+    text = _load_text(args, model)
+
+    pairs = build_pairs(args.split, limit=args.limit)
+    classifier, accuracy = train_classifier()
+    test_acc = ground_truth_adherence(classifier, pairs)
+    methods = ["ours"] + ([] if args.baseline == "none" else [args.baseline])
+    rows, outputs, seconds = {}, {}, {}
+    for method in methods:
+        rows[method], outputs[method], seconds[method] = run_method(
+            method, model, text, pairs, classifier, seed=args.seed, steps=args.steps,
+            full_steps=args.full_steps)
+
+    steps = args.steps or model.config.sampler.steps
+    result = {
+        "split": args.split, "pairs": len(pairs), "model": args.checkpoint or f"preset {args.preset}",
+        "seed": args.seed, "steps": steps, "full_steps": args.full_steps,
+        "frames": tuple(pairs[0].source.shape[:3]) if pairs else None,
+        "classifier": {"classes": list(classifier.classes), "validation_accuracy": accuracy,
+                       "test_accuracy": test_acc},
+        "summary": {m: summarize(r) for m, r in rows.items()},
+        "seconds": seconds,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / "eval.json")
+    write_markdown(result, out / "eval.md")
+    sheet = []
+    for i, pair in enumerate(pairs[:args.sheet_rows]):
+        mid = pair.source.shape[0] // 2
+        sheet.append((pair.source[mid], *(outputs[m][i][mid] for m in methods), pair.target[mid]))
+    write_png(contact_sheet(sheet), out / "contact_sheet.png")
+    s = result["summary"]["ours"]
+    log.info("eval: %d pairs, overall %.3f -> %s", len(pairs), s["overall"], out)
+    print(f"scored {len(pairs)} {args.split} pairs: overall quality {s['overall']:.3f} "
+          f"(PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, adherence {s['adherence']:.3f}) -> {out}")
+    return 0

@@ -1,0 +1,153 @@
+"""The benchmark (splits, real clips, exact ground truth), the Prompt Adherence classifier on
+known cases, and `python -m streamedit_core eval` end to end with a tiny random model."""
+from __future__ import annotations
+
+import json
+
+import av
+import pytest
+import torch
+
+from streamedit_core.eval import benchmark as B
+from streamedit_core.eval import metrics as M
+from streamedit_core.eval.classifier import NO_EDIT, EditClassifier, clip_features
+from streamedit_core.eval.report import GUTTER
+from streamedit_core.train import synthetic
+
+COLOUR_EDITS = ("grayscale", "sepia", "invert")  # edits no unedited source can pass for
+
+
+@pytest.fixture(scope="module")
+def classifier() -> tuple[EditClassifier, float]:
+    """The Prompt Adherence classifier and its validation accuracy (cached per process)."""
+    return B.train_classifier()
+
+
+@pytest.fixture(scope="module")
+def test_pairs() -> list[B.Pair]:
+    """The first 2 * families test pairs: every family on a real clip and on a test photo."""
+    return B.build_pairs("test", limit=2 * len(B.family_names()))
+
+
+def test_benchmark_is_split_by_photo_and_paraphrase():
+    families = B.family_names()
+    assert len(families) >= 10
+    photos = {s: set(synthetic.split_photos(s)) for s in B.SPLITS}
+    assert all(photos.values())
+    assert not photos["train"] & photos["test"] and not photos["validation"] & photos["test"]
+    assert not photos["train"] & photos["validation"]
+    for f in families:
+        prompts = {s: set(synthetic.split_paraphrases(f, s)) for s in B.SPLITS}
+        assert sum(len(p) for p in prompts.values()) >= 5, f
+        assert all(prompts.values()), f
+        assert not prompts["test"] & (prompts["train"] | prompts["validation"]), f
+    assert B.split_size("test") == B.TEST_PAIRS == 60
+
+
+def test_test_pairs_are_real_footage_and_photos_with_exact_ground_truth(test_pairs):
+    families = B.family_names()
+    assert [p.family for p in test_pairs] == families * 2  # round robin
+    assert len({p.name for p in test_pairs}) == len(test_pairs)
+    assert {p.origin.split("@")[0] for p in test_pairs[::2]} == {"carphone_pristine", "bikes", "bigbuckbunny"}
+    assert {p.origin.split("#")[0] for p in test_pairs[1::2]} == set(synthetic.split_photos("test"))
+    for p in test_pairs:
+        assert p.source.shape == p.target.shape == (B.FRAMES, B.SIZE, B.SIZE, 3)
+        assert p.prompt in synthetic.split_paraphrases(p.family, "test")
+        assert torch.equal(p.target, synthetic.FAMILIES[p.family].apply(p.source))
+        assert float(p.source.diff(dim=0).abs().mean()) > 1e-3, f"{p.name} does not move"
+    again = B.build_pairs("test", limit=3)
+    assert all(torch.equal(a.source, b.source) for a, b in zip(again, test_pairs))
+
+
+def test_ground_truth_against_itself_scores_perfectly(classifier, test_pairs):
+    clf, val_acc = classifier
+    assert val_acc >= 0.6
+    for p in test_pairs:
+        m = M.clip_metrics(p.target, p.target, p.source)
+        assert m["psnr"] == M.PSNR_CAP and m["ssim"] == pytest.approx(1.0, abs=1e-9)
+        assert m["temporal_coherence"] == 1.0
+    for p in test_pairs:
+        if p.family in COLOUR_EDITS:
+            assert clf.adherence(p.target, p.source, p.family)[0] == 1.0, p.name
+    assert B.ground_truth_adherence(clf, test_pairs) >= 0.6
+
+
+def test_unedited_or_shuffled_outputs_score_worse(classifier, test_pairs):
+    clf, _ = classifier
+    for p in test_pairs:
+        if p.family in COLOUR_EDITS:
+            adherence, predicted, prob = clf.adherence(p.source, p.source, p.family)
+            assert adherence == 0.0 and prob < 0.5, (p.name, predicted, prob)
+    p = next(p for p in test_pairs if p.family == "sepia")
+    shuffled = p.target[torch.randperm(p.target.shape[0], generator=torch.Generator().manual_seed(0))]
+    assert M.temporal_coherence(shuffled, p.target) < 0.99
+    assert M.motion_smoothness(shuffled) < M.motion_smoothness(p.target)
+    sign = torch.tensor([(-1.0) ** t for t in range(p.target.shape[0])]).view(-1, 1, 1, 1)
+    flicker = (p.target + 0.05 * sign).clamp(0, 1)
+    assert M.temporal_coherence(flicker, p.target) < 0.97
+
+
+def test_classifier_bad_inputs(classifier, test_pairs):
+    clf, _ = classifier
+    p = test_pairs[0]
+    with pytest.raises(ValueError, match=r"unknown edit family 'watercolour'"):
+        clf.adherence(p.target, p.source, "watercolour")
+    with pytest.raises(ValueError, match="at least two classes"):
+        EditClassifier.fit(torch.zeros(3, 4), ["a", "a", "a"])
+    with pytest.raises(ValueError, match=r"N = len\(labels\) = 2"):
+        EditClassifier.fit(torch.zeros(3, 4), ["a", "b"])
+    with pytest.raises(ValueError, match="same shape"):
+        clip_features(p.target, p.source[:4])
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        B.build_pairs("dev")
+    with pytest.raises(ValueError, match="limit must be a positive int"):
+        B.build_pairs("test", limit=0)
+    assert NO_EDIT in clf.classes
+
+
+def test_eval_cli_with_a_tiny_random_model(tmp_path, classifier):
+    from streamedit_core.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--preset", "tiny", "--limit", "2", "--steps", "2", "--out", str(out),
+                 "--baseline", "per-frame"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["pairs"] == 2 and set(result["rows"]) == {"ours", "per-frame"}
+    for method, rows in result["rows"].items():
+        assert len(rows) == 2
+        for r in rows:
+            assert 0 < r["psnr"] < M.PSNR_CAP and -1 <= r["ssim"] <= 1
+            assert r["adherence"] in (0.0, 1.0) and r["predicted"] in result["classifier"]["classes"]
+            assert 0 <= r["temporal_coherence"] <= 1 and 0 <= r["motion_smoothness"] <= 1
+            assert r["overall"] == pytest.approx(M.overall_quality(r))
+        s = result["summary"][method]
+        assert s["psnr"] == pytest.approx(sum(r["psnr"] for r in rows) / 2)
+    assert result["classifier"]["validation_accuracy"] == classifier[1]
+    md = (out / "eval.md").read_text()
+    assert "| ours | 2 |" in md and "| per-frame | 2 |" in md and "Temporal Coherence" in md
+    with av.open(str(out / "contact_sheet.png")) as c:
+        sheet = next(c.decode(video=0))
+    # 2 pairs x (source | ours | per-frame | ground truth)
+    assert (sheet.height, sheet.width) == (2 * (B.SIZE + GUTTER) + GUTTER, 4 * (B.SIZE + GUTTER) + GUTTER)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "0"], "--limit must be >= 1, got 0"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--full-steps", "-1"], "--full-steps must be >= 1, got -1"),
+])
+def test_eval_cli_bad_inputs(tmp_path, capsys, argv, message):
+    from streamedit_core.cli import main
+
+    assert main(["eval", "--preset", "tiny", "--out", str(tmp_path / "o"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_cli_out_must_be_a_folder(tmp_path, capsys):
+    from streamedit_core.cli import main
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["eval", "--preset", "tiny", "--out", str(f)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
