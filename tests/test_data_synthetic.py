@@ -1,0 +1,71 @@
+"""train.synthetic: edit families, paraphrases, photos under motion, splits, the dataset."""
+import pytest
+import torch
+
+from streamedit_core.train import synthetic
+
+
+def test_families_are_many_and_well_formed():
+    assert len(synthetic.FAMILIES) >= 10
+    clip = synthetic.photo_clip("astronaut", frames=3, size=32, seed=0)
+    for name, fam in synthetic.FAMILIES.items():
+        assert len(set(fam.paraphrases)) >= 5 and all(p.strip() for p in fam.paraphrases), name
+        out = fam.apply(clip)
+        assert out.shape == clip.shape and out.dtype == torch.float32, name
+        assert 0 <= float(out.min()) and float(out.max()) <= 1, name
+        assert float((out - clip).abs().mean()) > 0.02, f"{name} barely changes the clip"
+        # pure per-frame function: editing frame by frame equals editing the clip
+        torch.testing.assert_close(torch.cat([fam.apply(clip[i:i + 1]) for i in range(3)]), out)
+
+
+def test_no_prompt_is_shared_between_families():
+    prompts = [p for f in synthetic.FAMILIES.values() for p in f.paraphrases]
+    assert len(prompts) == len(set(prompts))
+
+
+def test_splits_partition_photos_and_paraphrases_deterministically():
+    photos = [synthetic.split_photos(s) for s in synthetic.SPLITS]
+    assert all(photos) and sorted(sum(map(list, photos), [])) == sorted(synthetic.PHOTOS)
+    for name, fam in synthetic.FAMILIES.items():
+        parts = [synthetic.split_paraphrases(name, s) for s in synthetic.SPLITS]
+        assert all(parts), name
+        assert sorted(sum(map(list, parts), [])) == sorted(fam.paraphrases)
+    assert synthetic.split_photos("test") == synthetic.split_photos("test")
+
+
+def test_split_errors_name_the_value():
+    with pytest.raises(ValueError, match="'valid'"):
+        synthetic.split_photos("valid")
+    with pytest.raises(ValueError, match="'watercolour'"):
+        synthetic.split_paraphrases("watercolour", "train")
+    with pytest.raises(ValueError, match="'lena'"):
+        synthetic.load_photo("lena")
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+        synthetic.FAMILIES["invert"].apply(torch.zeros(2, 3, 8, 8))
+
+
+def test_photo_clip_moves_and_is_seeded():
+    a = synthetic.photo_clip("coffee", frames=6, size=32, seed=3)
+    assert a.shape == (6, 32, 32, 3)
+    torch.testing.assert_close(a, synthetic.photo_clip("coffee", frames=6, size=32, seed=3))
+    assert float((a[1:] - a[:-1]).abs().mean()) > 1e-3  # camera motion / moving patches
+    assert float((a - synthetic.photo_clip("coffee", frames=6, size=32, seed=4)).abs().mean()) > 1e-2
+
+
+def test_dataset_items_are_pairs_of_their_prompt():
+    ds = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, identity_fraction=0.3, length=40)
+    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in f.paraphrases}
+    seen_identity = False
+    for i in range(40):
+        item = ds[i]
+        assert item["source"].shape == (3, 4, 32, 32)
+        src, tgt = (item[k].permute(1, 2, 3, 0) for k in ("source", "target"))
+        if item["prompt"] == "":
+            seen_identity = True
+            torch.testing.assert_close(src, tgt)
+        else:
+            assert item["prompt"] in synthetic.split_paraphrases(by_prompt[item["prompt"]].name, "train")
+            torch.testing.assert_close(by_prompt[item["prompt"]].apply(src), tgt)
+    assert seen_identity
+    torch.testing.assert_close(ds[7]["target"], ds[7 + 40]["target"])  # length bounds the index space
+    assert "" in ds.all_prompts()
