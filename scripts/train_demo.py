@@ -1,0 +1,268 @@
+"""Train the demo model end to end (`make train-demo`): STLE -> DiT (SCM loss, ASW partitions)
+-> progressive distillation to a CFG-free 6-step student, then export one safetensors file and
+score it on the benchmark's test split.
+
+    python scripts/train_demo.py                      # 110 minutes of training, then eval
+    python scripts/train_demo.py --budget-minutes 30 --threads 1 --eval-limit 12
+
+Each stage gets a share of the time budget. Before a stage the script times two training
+steps of a throwaway trainer and gives the real run as many steps as fit its share (so the
+same command does more steps on a faster machine; the step count is in the stage's
+`stage.json` and in the exported checkpoint's metadata). Stages write to OUT/<stage>/
+(train_state, metrics.jsonl, model.safetensors); a finished stage (its stage.json exists)
+is skipped when the command is run again, so an interrupted run picks up at the next stage.
+
+Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
+wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
+Adherence, flicker relative to the ground truth's, and the STLE's reconstruction PSNR.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from streamedit_core.train.config import TrainConfig  # noqa: E402
+
+log = logging.getLogger("train_demo")
+
+STAGES = ("stle", "dit", "distill")
+SHARES = {"stle": 0.3, "dit": 0.5, "distill": 0.2}  # of the training budget
+CALIBRATION_STEPS = 2  # timed steps of a throwaway trainer; the last one counts
+EXPORT_NAME = "streamedit-demo.safetensors"
+MAX_EXPORT_MB = 40.0
+# The issue's acceptance targets, on the test split at 6 steps.
+TARGETS = {"psnr": 24.0, "adherence": 0.90, "flicker_ratio": 1.2, "stle_psnr": 28.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train, export and evaluate the StreamEdit demo model.")
+    p.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--config-dir", default=str(ROOT / "configs" / "demo"),
+                   help="stage configs stle.json, dit.json, distill.json (default: configs/demo)")
+    p.add_argument("--budget-minutes", type=float, default=110.0,
+                   help="training time over all stages (default 110: eval follows, 2 hours in all)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help="comma-separated stages to run (default: all; later stages need earlier ones)")
+    p.add_argument("--export", default=None, help=f"exported checkpoint (default: OUT/{EXPORT_NAME})")
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N test pairs")
+    p.add_argument("--eval-checkpoint", default=None,
+                   help="skip training and export: evaluate this checkpoint (e.g. a stage's model)")
+    p.add_argument("--no-eval", action="store_true", help="train and export only")
+    return p
+
+
+# --- training ---------------------------------------------------------------------------------
+def stage_config(stage: str, config_dir: Path, out: Path, init: Path | None) -> TrainConfig:
+    cfg = TrainConfig.from_file(config_dir / f"{stage}.json")
+    if cfg.task != stage:
+        raise ValueError(f"{config_dir / f'{stage}.json'} has task={cfg.task!r}, expected {stage!r}")
+    changes = {"out_dir": str(out / stage), "progress": False}
+    if init is not None:
+        changes["init_checkpoint"] = str(init)
+    return cfg.replace(**changes)
+
+
+def seconds_per_step(cfg: TrainConfig) -> float:
+    """Wall time of one training step of `cfg` on this machine (the last of a few, so that
+    allocator and first-call warm-up are not counted); the throwaway run writes nothing."""
+    from streamedit_core.train.trainer import Trainer
+
+    trainer = Trainer(cfg.replace(out_dir=str(Path(cfg.out_dir) / "calibration")))
+    dt = 0.0
+    for _ in range(CALIBRATION_STEPS):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        dt = time.perf_counter() - t0
+    return dt
+
+
+def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
+    """Train one stage for about `budget_s` seconds; returns its model.safetensors."""
+    from streamedit_core.train.trainer import MODEL_FILE, Trainer
+
+    out = Path(cfg.out_dir)
+    summary_path = out / "stage.json"
+    if summary_path.is_file() and (out / MODEL_FILE).is_file():
+        log.info("stage %s already done (%s): skipped", stage, summary_path)
+        return out / MODEL_FILE
+    t_start = time.perf_counter()
+    per_step = seconds_per_step(cfg)
+    left = budget_s - (time.perf_counter() - t_start)
+    steps = max(1, min(cfg.steps, int(left / per_step)))
+    log.info("stage %s: %.2f s/step measured, %d steps in %.0f s", stage, per_step, steps, left)
+    cfg = cfg.replace(steps=steps)
+    t0 = time.perf_counter()
+    path = Trainer(cfg).run()
+    seconds = time.perf_counter() - t0
+    summary = {"stage": stage, "steps": steps, "train_seconds": round(seconds, 1),
+               "seconds_per_step": round(seconds / steps, 3), "calibrated_seconds_per_step": round(per_step, 3),
+               "budget_seconds": round(budget_s, 1), "threads": torch.get_num_threads(),
+               "last_metrics": _last_metrics(out / "metrics.jsonl"), "config": cfg.to_dict()}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    log.info("stage %s: %d steps in %.0f s -> %s", stage, steps, seconds, path)
+    return path
+
+
+def _last_metrics(path: Path) -> dict:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+# --- export -----------------------------------------------------------------------------------
+def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
+    """The final model in fp16 (half the bytes of fp32; load_checkpoint casts back with dtype=)."""
+    model = load_checkpoint(model_path, dtype=torch.float16)
+    meta = {"stages": [{k: s[k] for k in ("stage", "steps", "train_seconds", "threads")}
+                       for s in stage_summaries],
+            "trained_on": _hardware(), "source": str(model_path.name)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, dest, extra_metadata=meta)
+    mb = dest.stat().st_size / 2**20
+    (log.info if mb <= MAX_EXPORT_MB else log.warning)(
+        "exported %s: %.1f MB (limit for the repo: %.0f MB)", dest, mb, MAX_EXPORT_MB)
+    return dest
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+    name = platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+# --- eval -------------------------------------------------------------------------------------
+def flicker(clip: torch.Tensor) -> float:
+    """Mean absolute frame-to-frame change of a clip [T, H, W, 3] (VBench's flicker, unnormalised)."""
+    return float(clip.diff(dim=0).abs().mean()) if clip.shape[0] > 1 else 0.0
+
+
+@torch.no_grad()
+def stle_psnr(model, pairs) -> float:
+    """Mean PSNR of STLE encode -> decode over the pairs' source clips."""
+    from streamedit_core.eval.metrics import psnr
+
+    vals = []
+    for pair in pairs:
+        x = pair.source.permute(3, 0, 1, 2).unsqueeze(0).to(model.device, model.dtype)  # [1, 3, T, H, W]
+        recon = model.stle.decode(model.stle.encode(x))[0].permute(1, 2, 3, 0).float().cpu()
+        vals.append(psnr(recon[: pair.source.shape[0]], pair.source))
+    return sum(vals) / len(vals)
+
+
+def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> dict:
+    """Test-split metrics of `checkpoint` at `steps` steps, against TARGETS."""
+    from streamedit_core.eval.benchmark import build_pairs, train_classifier
+    from streamedit_core.eval.metrics import summarize
+    from streamedit_core.eval.runner import run_method
+    from streamedit_core.text import TextEnsemble
+
+    model = load_checkpoint(checkpoint, dtype=torch.float32)  # fp16 export: compute in fp32 on CPU
+    member = model.config.dit.text_members[0]
+    text = TextEnsemble.minilm(max_tokens=member.max_tokens)
+    text.check_compatible(model.config)
+    pairs = build_pairs("test", limit=limit)
+    classifier, val_acc = train_classifier()
+    t0 = time.perf_counter()
+    rows, outputs, seconds = run_method("ours", model, text, pairs, classifier, steps=steps)
+    summary = summarize(rows)
+    gt_flicker = sum(flicker(p.target) for p in pairs) / len(pairs)
+    out_flicker = sum(flicker(o) for o in outputs) / len(outputs)
+    result = {
+        "checkpoint": str(checkpoint), "split": "test", "pairs": len(pairs), "steps": steps,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": _hardware(),
+        "classifier_validation_accuracy": val_acc,
+        "psnr": summary["psnr"], "ssim": summary["ssim"], "adherence": summary["adherence"],
+        "temporal_coherence": summary["temporal_coherence"], "overall": summary["overall"],
+        "flicker": out_flicker, "flicker_ground_truth": gt_flicker,
+        "flicker_ratio": out_flicker / max(gt_flicker, 1e-12),
+        "stle_psnr": stle_psnr(model, pairs),
+        "edit_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
+    }
+    result["targets_met"] = {
+        "psnr": result["psnr"] >= TARGETS["psnr"],
+        "adherence": result["adherence"] >= TARGETS["adherence"],
+        # "within 1.2x" both ways: less flicker than the ground truth is frozen motion, not coherence
+        "flicker_ratio": 1 / TARGETS["flicker_ratio"] <= result["flicker_ratio"] <= TARGETS["flicker_ratio"],
+        "stle_psnr": result["stle_psnr"] >= TARGETS["stle_psnr"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({**result, "rows": rows}, indent=2, default=str))
+    (out / "eval.md").write_text(markdown(result))
+    return result
+
+
+def markdown(r: dict) -> str:
+    met = lambda k: "yes" if r["targets_met"][k] else "no"  # noqa: E731
+    return "\n".join([
+        f"Test split, {r['pairs']} pairs, {r['steps']} steps, {r['date']}, {r['hardware']}", "",
+        "| metric | value | target | met |", "|---|---:|---:|:---:|",
+        f"| Edit Fidelity PSNR (dB) | {r['psnr']:.2f} | >= {TARGETS['psnr']} | {met('psnr')} |",
+        f"| Prompt Adherence | {r['adherence']:.3f} | >= {TARGETS['adherence']} | {met('adherence')} |",
+        f"| Flicker / ground truth's | {r['flicker_ratio']:.2f} | {1 / TARGETS['flicker_ratio']:.2f}..{TARGETS['flicker_ratio']} | {met('flicker_ratio')} |",
+        f"| STLE reconstruction PSNR (dB) | {r['stle_psnr']:.2f} | >= {TARGETS['stle_psnr']} | {met('stle_psnr')} |",
+        f"| Edit Fidelity SSIM | {r['ssim']:.3f} | | |",
+        f"| Temporal Coherence | {r['temporal_coherence']:.3f} | | |",
+        f"| Overall Quality | {r['overall']:.3f} | | |", ""])
+
+
+# --- main -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads < 0 or args.budget_minutes <= 0:
+        raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.eval_checkpoint:
+        result = evaluate(Path(args.eval_checkpoint), out / "eval-checkpoint", args.eval_limit)
+        print(markdown(result))
+        return 0
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; expected some of {STAGES}")
+    budget = args.budget_minutes * 60
+    share = sum(SHARES[s] for s in stages)
+    init, summaries = None, []
+    for stage in STAGES:
+        prev = out / STAGES[STAGES.index(stage) - 1] / "model.safetensors" if stage != "stle" else None
+        if stage not in stages:
+            continue
+        if prev is not None and not prev.is_file():
+            raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
+        cfg = stage_config(stage, Path(args.config_dir), out, prev)
+        init = run_stage(stage, cfg, budget * SHARES[stage] / share)
+        summaries.append(json.loads((out / stage / "stage.json").read_text()))
+
+    final = export(init, Path(args.export) if args.export else out / EXPORT_NAME, summaries)
+    if not args.no_eval:
+        result = evaluate(final, out, args.eval_limit)
+        print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
