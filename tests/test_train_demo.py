@@ -1,0 +1,86 @@
+"""scripts/train_demo.py on the tiny preset: the stages chain, the export is the distilled
+model in fp16 as a 6-step CFG-free sampler, a rerun skips finished stages, bad input is named."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "scripts" / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_demo = _load_script()
+
+
+@pytest.fixture(scope="module")
+def tiny_configs(tmp_path_factory) -> Path:
+    """configs/demo with the tiny preset, 32 px, 8 frames, batch 2 and 3 steps at most."""
+    folder = tmp_path_factory.mktemp("configs")
+    for stage in train_demo.STAGES:
+        d = json.loads((ROOT / "configs" / "demo" / f"{stage}.json").read_text())
+        d["data"].update(size=32, frames=8)
+        d.update(global_batch=2, steps=3, text="random" if stage != "stle" else d.get("text", "minilm"))
+        if stage == "stle":
+            d["preset"] = "tiny"
+        (folder / f"{stage}.json").write_text(json.dumps(d))
+    return folder
+
+
+def test_flicker() -> None:
+    still = torch.rand(1, 8, 8, 3).expand(5, -1, -1, -1)
+    assert train_demo.flicker(still) == 0.0
+    ramp = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 4, 4, 3) * 0.1  # +0.1 per frame everywhere
+    assert train_demo.flicker(ramp) == pytest.approx(0.1)
+
+
+def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5", "--no-eval"]
+    assert train_demo.main(argv) == 0
+    for stage in train_demo.STAGES:
+        summary = json.loads((out / stage / "stage.json").read_text())
+        assert summary["steps"] == 3  # the config's cap, under a budget that allows more
+        assert len((out / stage / "metrics.jsonl").read_text().splitlines()) == 1
+    # Each stage starts from the one before: the DiT stage keeps stage 1's STLE.
+    stle = load_checkpoint(out / "stle" / "model.safetensors")
+    dit = load_checkpoint(out / "dit" / "model.safetensors")
+    for name, t in stle.stle.state_dict().items():
+        assert torch.equal(t, dit.stle.state_dict()[name]), name
+
+    export = out / train_demo.EXPORT_NAME
+    exported = load_checkpoint(export)
+    distilled = load_checkpoint(out / "distill" / "model.safetensors")
+    assert exported.config == distilled.config
+    assert (exported.config.sampler.steps, exported.config.sampler.cfg_scale) == (6, 1.0)
+    for name, t in distilled.state_dict().items():
+        e = exported.state_dict()[name]
+        assert e.dtype == (torch.float16 if t.is_floating_point() else t.dtype), name
+        assert torch.equal(e, t.to(e.dtype)), name
+    meta = json.loads(read_checkpoint_metadata(export)["stages"])
+    assert [s["stage"] for s in meta] == list(train_demo.STAGES)
+
+    # A rerun finds every stage done: nothing is trained again.
+    before = {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
+    assert train_demo.main(argv) == 0
+    assert before == {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown stages \\['finetune'\\]"):
+        train_demo.main(["--out", str(tmp_path), "--stages", "stle,finetune"])
+    with pytest.raises(SystemExit, match="stage dit needs .*stle.*model.safetensors"):
+        train_demo.main(["--out", str(tmp_path), "--stages", "dit"])
+    with pytest.raises(SystemExit, match="--budget-minutes > 0.*-1"):
+        train_demo.main(["--out", str(tmp_path), "--budget-minutes", "-1"])
