@@ -6,9 +6,10 @@ StreamEdit-DiT paper; each one is the offline analogue of a VBench dimension
 procedural benchmark gives us:
 
 - Edit Fidelity: PSNR (dB, capped at `PSNR_CAP`) and SSIM of the output against the ground truth.
-- Identity Preservation: how much of the source's structure the output keeps (structure term
-  of SSIM between gradient-magnitude maps of output and source). Counted only where the
-  ground-truth edit itself keeps the source's structure (blur, pixelate or a sketch do not).
+- Identity Preservation: how much of the source's structure the output keeps (local
+  correlation of the gradient-magnitude maps of output and source, weighted by the source's
+  structure). Counted only where the ground-truth edit itself keeps the source's structure
+  (blur, pixelate or a sketch do not).
 - Temporal Coherence: VBench's temporal-flickering score, 1 - mean |frame difference error|,
   where the error is our frame-to-frame change minus the ground truth's (so real motion is
   not flicker, and a constant per-frame error is not either).
@@ -30,6 +31,7 @@ SSIM_SIGMA = 1.5  # Wang et al. 2004: 11x11 Gaussian window, sigma 1.5
 SSIM_RADIUS = 5
 SSIM_C1 = 0.01 ** 2  # (K1 * L)^2 with L = 1 (data range)
 SSIM_C2 = 0.03 ** 2
+STRUCTURE_EPS = 1e-9  # tiny next to edge-map variances (~1e-4..1e-2): only guards 0 / 0
 STRUCTURE_MIN = 0.9  # ground truth's own structure agreement above which an edit "keeps structure"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights
 
@@ -90,21 +92,18 @@ def _local_mean(x: Tensor) -> Tensor:
     return x.squeeze(1)
 
 
-def _ssim_maps(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """a, b [N, H, W] -> (SSIM map, structure-term map), each [N, H-10, W-10]."""
+def _local_moments(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """a, b [N, H, W] -> Gaussian-windowed (mean a, mean b, var a, var b, cov), each
+    [N, H-10, W-10] float64."""
     if min(a.shape[-2:]) <= 2 * SSIM_RADIUS:
         raise ValueError(f"frames of {a.shape[-2]} x {a.shape[-1]} are too small for SSIM's "
                          f"{2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} window")
     a, b = a.double(), b.double()  # variances are small differences of large sums
     mu_a, mu_b = _local_mean(a), _local_mean(b)
-    var_a = _local_mean(a * a) - mu_a ** 2
-    var_b = _local_mean(b * b) - mu_b ** 2
+    var_a = (_local_mean(a * a) - mu_a ** 2).clamp_min(0)
+    var_b = (_local_mean(b * b) - mu_b ** 2).clamp_min(0)
     cov = _local_mean(a * b) - mu_a * mu_b
-    ssim = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
-            / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2)))
-    c3 = SSIM_C2 / 2
-    structure = (cov + c3) / (var_a.clamp_min(0).sqrt() * var_b.clamp_min(0).sqrt() + c3)
-    return ssim, structure
+    return mu_a, mu_b, var_a, var_b, cov
 
 
 # --- Edit Fidelity ------------------------------------------------------------------------
@@ -124,7 +123,10 @@ def ssim(output: Tensor, target: Tensor) -> float:
     output, target = _check_pair(output, target, ("output", "target"))
     a = output.permute(0, 3, 1, 2).flatten(0, 1)  # [T*3, H, W]
     b = target.permute(0, 3, 1, 2).flatten(0, 1)
-    return float(_ssim_maps(a, b)[0].mean())
+    mu_a, mu_b, var_a, var_b, cov = _local_moments(a, b)
+    ssim_map = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
+                / ((mu_a ** 2 + mu_b ** 2 + SSIM_C1) * (var_a + var_b + SSIM_C2)))
+    return float(ssim_map.mean())
 
 
 # --- Identity Preservation -----------------------------------------------------------------
@@ -138,11 +140,19 @@ def gradient_magnitude(x: Tensor) -> Tensor:
 
 
 def structure_agreement(output: Tensor, source: Tensor) -> float:
-    """Mean SSIM structure term (local correlation) between the edge maps of two clips, in
-    [-1, 1]: 1 when the output has the source's edges wherever the source has them, whatever
-    their strength, brightness or colour."""
+    """How much of the source's edge structure the output keeps, in [-1, 1]: the local
+    correlation between the edge maps of the two clips (SSIM's structure term), averaged over
+    windows weighted by how much structure the source has there.
+
+    1 when the output has edges wherever the source has them, whatever their strength,
+    brightness, colour or polarity; 0 for a featureless output. Unlike SSIM's structure term
+    (cov + c) / (sd_a * sd_b + c), the constant is only in the denominator and flat source
+    windows carry no weight, so a flat output cannot score 1 by matching "nothing"."""
     output, source = _check_pair(output, source, ("output", "source"))
-    return float(_ssim_maps(gradient_magnitude(output), gradient_magnitude(source))[1].mean())
+    _, _, var_o, var_s, cov = _local_moments(gradient_magnitude(output), gradient_magnitude(source))
+    sd_s = var_s.sqrt()
+    corr = cov / (var_o.sqrt() * sd_s + STRUCTURE_EPS)
+    return float((corr * sd_s).sum() / sd_s.sum().clamp_min(1e-12))
 
 
 # --- Temporal Coherence and Motion Smoothness ---------------------------------------------
