@@ -10,6 +10,15 @@ from streamedit_core.train.data import (LatentShardDataset, ManifestDataset, enc
                                         step_positions)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: OpenMP spinning on a shared 2-core machine slows small convolutions."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _manifest(tmp_path, rows):
     path = tmp_path / "manifest.jsonl"
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")

@@ -1,0 +1,175 @@
+"""Training: losses, ASW partitions, loss goes down (STLE and DiT, one through the real MiniLM),
+resume == uninterrupted, config and CLI errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from streamedit_core.train.config import DataConfig, TrainConfig
+from streamedit_core.train.losses import global_shift, temporal_consistency_loss
+from streamedit_core.train.partitions import chunk_size, levels, window_levels
+from streamedit_core.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+FIXED = DataConfig(frames=8, size=32, length=2, identity_fraction=0.0)  # a fixed pair of samples
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these
+    small convolutions several times slower than a single thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(task="dit", text="random", data=FIXED, steps=50, global_batch=2, lr=2e-3,
+                out_dir=str(tmp_path / "run"), progress=False, log_every=10)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- losses and partitions --------------------------------------------------------------------
+def test_temporal_loss_is_zero_for_the_truth_and_sees_flicker():
+    x0 = torch.randn(2, 12, 3, 4, 4)
+    w = torch.tensor([[0.0, 1.0, 1.0]] * 2)
+    assert float(temporal_consistency_loss(x0, x0, w)) == 0.0
+    assert float(temporal_consistency_loss(x0 + 0.3, x0, w)) == pytest.approx(0.0, abs=1e-10)  # no change
+    flicker = x0.clone()
+    flicker[:, :, 1] += 0.5
+    assert float(temporal_consistency_loss(flicker, x0, w)) > 0.1
+
+
+def test_global_shift_recovers_a_roll():
+    a = torch.randn(3, 12, 8, 8)
+    b = torch.roll(a, shifts=(2, -1), dims=(-2, -1))
+    assert global_shift(a, b).tolist() == [[2, -1]] * 3
+
+
+def test_motion_compensated_loss_ignores_error_that_moves_with_the_source():
+    cond = torch.randn(1, 12, 2, 8, 8)
+    cond[:, :, 1] = torch.roll(cond[:, :, 0], (1, 2), dims=(-2, -1))
+    x0 = torch.zeros(1, 12, 2, 8, 8)
+    err = torch.randn(1, 12, 8, 8)
+    pred = torch.stack([err, torch.roll(err, (1, 2), dims=(-2, -1))], dim=2)
+    w = torch.tensor([[1.0, 1.0]])
+    assert float(temporal_consistency_loss(pred, x0, w, cond)) == pytest.approx(0.0, abs=1e-10)
+    assert float(temporal_consistency_loss(pred, x0, w)) > 0.5
+
+
+def test_partition_levels():
+    u = torch.rand(5, 6)
+    uni = levels("uniform", 6, u, 3.0)
+    assert torch.all(uni == uni[:, :1])
+    c2 = levels("chunk2", 6, u, 3.0)
+    assert torch.all(c2[:, 0] == c2[:, 1]) and torch.all(c2[:, 1] < c2[:, 2])  # staggered, oldest least noisy
+    c1 = levels("chunk1", 6, u, 3.0)
+    assert torch.all(c1[:, 1:] > c1[:, :-1]) and chunk_size("chunk4", 3) == 3
+    ind = levels("independent", 6, u, 3.0)
+    assert torch.all((ind > 0) & (ind <= 1)) and torch.all((c1 > 0) & (c1 <= 1))
+    t = window_levels("chunk1", 2, 6, u, 3.0)
+    assert t.shape == (5, 6) and torch.all(t[:, :2] == 0) and torch.all(t[:, 2:] > 0)
+    with pytest.raises(ValueError, match="'chunk0'"):
+        levels("chunk0", 6, u, 3.0)
+    with pytest.raises(ValueError, match="history=6"):
+        window_levels("uniform", 6, 6, u, 3.0)
+
+
+# --- training reduces the loss ----------------------------------------------------------------
+def _fixed_loss(trainer):
+    from streamedit_core.train.data import collate
+    batch = collate([trainer.dataset[p] for p in (0, 1)])
+    fn = trainer.stle_loss if trainer.cfg.task == "stle" else trainer.dit_loss
+    with torch.no_grad():
+        return float(fn(batch, [0, 1], step=0)[0])  # fixed batch, fixed noise and levels
+
+
+def test_dit_training_reduces_the_loss_with_the_real_text_encoder(tmp_path, minilm16):
+    tr = Trainer(_cfg(tmp_path, text="minilm", temporal_weight=0.5), text_encoder=minilm16)
+    before = _fixed_loss(tr)
+    tr.run()
+    after = _fixed_loss(tr)
+    assert after < 0.8 * before, (before, after)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+    assert {"loss", "lr", "flow", "temporal", "samples_per_s", "memory_mb", "skipped_rows"} <= set(rows[-1])
+
+
+def test_stle_training_reduces_the_loss(tmp_path):
+    data = DataConfig(frames=8, size=16, length=1, identity_fraction=0.0)
+    tr = Trainer(_cfg(tmp_path, task="stle", global_batch=1, data=data, lr=3e-3))
+    before = _fixed_loss(tr)
+    path = tr.run()
+    after = _fixed_loss(tr)
+    assert after < 0.85 * before, (before, after)
+    from streamedit_core.checkpoint import load_checkpoint
+    stle = load_checkpoint(path).stle
+    assert not torch.allclose(stle.latent_std, torch.ones_like(stle.latent_std))  # statistics set
+
+
+# --- resume -----------------------------------------------------------------------------------
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    kw = dict(steps=6, global_batch=2, micro_batch=1, ema_decay=0.9, save_every=0,
+              partitions=("uniform", "chunk1"), history_max=1, prompt_dropout=0.5)
+    Trainer(_cfg(tmp_path, **kw, out_dir=str(tmp_path / "full"))).run()
+    Trainer(_cfg(tmp_path, **{**kw, "steps": 3}, out_dir=str(tmp_path / "part"))).run()
+    resumed = Trainer(_cfg(tmp_path, **kw, out_dir=str(tmp_path / "part")))
+    resumed.run(resume=True)
+    assert resumed.step == 6
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "part" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+
+
+def test_resume_from_another_config_is_a_clear_error(tmp_path):
+    Trainer(_cfg(tmp_path, steps=1)).run()
+    with pytest.raises(ValueError, match=r"another config: lr: checkpoint 0.002 vs now 0.001"):
+        Trainer(_cfg(tmp_path, steps=2, lr=1e-3)).run(resume=True)
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        Trainer(_cfg(tmp_path, steps=2, out_dir=str(tmp_path / "empty"))).run(resume=True)
+
+
+# --- configs and the CLI ----------------------------------------------------------------------
+def test_config_errors_name_the_value(tmp_path):
+    with pytest.raises(ValueError, match="'chunkX'"):
+        TrainConfig(partitions=("chunkX",))
+    with pytest.raises(ValueError, match="teacher_steps=20"):
+        TrainConfig(task="distill", teacher_steps=20)
+    with pytest.raises(ValueError, match=r"unknown keys \['frame'\]"):
+        TrainConfig.from_dict({"data": {"frame": 8}})
+    with pytest.raises(ValueError, match="global_batch=6 is not a multiple of micro_batch=4"):
+        TrainConfig(global_batch=6, micro_batch=4).micro_for(1)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(ValueError, match="bad.json.*not valid JSON"):
+        TrainConfig.from_file(bad)
+
+
+def test_stage_configs_load_with_the_paper_rates():
+    cfgs = {p.stem: TrainConfig.from_file(p) for p in (REPO / "configs" / "train").glob("*.json")}
+    assert cfgs["base"].lr == 5e-5 and cfgs["stream"].lr == 1e-5 and cfgs["finetune"].lr == 1e-5
+    assert cfgs["distill"].distill_rounds()[-1][1] == 6
+
+
+def test_cli_train_runs_and_reports_bad_input(tmp_path):
+    cmd = [sys.executable, "-m", "streamedit_core", "train", "--config", str(REPO / "configs/train/tiny.json"),
+           "--set", "steps=2", "--set", "text=random", "--set", "data.length=2", "--set", "global_batch=2",
+           "--out-dir", str(tmp_path / "cli"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cli" / "model.safetensors").is_file()
+    r = subprocess.run(cmd + ["--set", "data.frames=6"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "error: data.frames=6 must be a positive multiple of 4" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "streamedit_core", "distill", "--set", "steps=1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "distill needs a teacher" in r.stderr
