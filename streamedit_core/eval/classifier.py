@@ -10,15 +10,12 @@ output that ignores the prompt is recognised as such.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .metrics import check_clip, gradient_magnitude, luma
-
-log = logging.getLogger(__name__)
 
 NO_EDIT = "none"
 FEATURE_FRAMES = 4  # frames per clip the features look at (evenly spaced)
