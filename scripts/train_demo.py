@@ -10,7 +10,8 @@ steps of a throwaway trainer and gives the real run as many steps as fit its sha
 same command does more steps on a faster machine; the step count is in the stage's
 `stage.json` and in the exported checkpoint's metadata). Stages write to OUT/<stage>/
 (train_state, metrics.jsonl, model.safetensors); a finished stage (its stage.json exists)
-is skipped when the command is run again, so an interrupted run picks up at the next stage.
+is skipped when the command is run again, and an interrupted stage resumes from its last saved
+state (`save_every` in the stage config) with the step count it was planned with.
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
@@ -91,23 +92,32 @@ def seconds_per_step(cfg: TrainConfig) -> float:
 
 def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
     """Train one stage for about `budget_s` seconds; returns its model.safetensors."""
-    from streamedit_core.train.trainer import MODEL_FILE, Trainer
+    from streamedit_core.train.trainer import MODEL_FILE, STATE_FILE, Trainer
 
     out = Path(cfg.out_dir)
     summary_path = out / "stage.json"
     if summary_path.is_file() and (out / MODEL_FILE).is_file():
         log.info("stage %s already done (%s): skipped", stage, summary_path)
         return out / MODEL_FILE
-    t_start = time.perf_counter()
-    per_step = seconds_per_step(cfg)
-    left = budget_s - (time.perf_counter() - t_start)
-    steps = max(1, min(cfg.steps, int(left / per_step)))
-    log.info("stage %s: %.2f s/step measured, %d steps in %.0f s", stage, per_step, steps, left)
+    plan_path = out / "plan.json"  # the step count, fixed before training so that a resume keeps it
+    resume = plan_path.is_file() and (out / STATE_FILE).is_file()
+    if resume:
+        plan = json.loads(plan_path.read_text())
+        per_step, steps = plan["calibrated_seconds_per_step"], plan["steps"]
+        log.info("stage %s: resuming an interrupted run of %d steps", stage, steps)
+    else:
+        t_start = time.perf_counter()
+        per_step = seconds_per_step(cfg)
+        left = budget_s - (time.perf_counter() - t_start)
+        steps = max(1, min(cfg.steps, int(left / per_step)))
+        log.info("stage %s: %.2f s/step measured, %d steps in %.0f s", stage, per_step, steps, left)
+        out.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(json.dumps({"steps": steps, "calibrated_seconds_per_step": per_step}))
     cfg = cfg.replace(steps=steps)
     t0 = time.perf_counter()
-    path = Trainer(cfg).run()
+    path = Trainer(cfg).run(resume=resume)
     seconds = time.perf_counter() - t0
-    summary = {"stage": stage, "steps": steps, "train_seconds": round(seconds, 1),
+    summary = {"stage": stage, "steps": steps, "train_seconds": round(seconds, 1), "resumed": resume,
                "seconds_per_step": round(seconds / steps, 3), "calibrated_seconds_per_step": round(per_step, 3),
                "budget_seconds": round(budget_s, 1), "threads": torch.get_num_threads(),
                "last_metrics": _last_metrics(out / "metrics.jsonl"), "config": cfg.to_dict()}

@@ -76,6 +76,17 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert train_demo.main(argv) == 0
     assert before == {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
 
+    # An interrupted stage (no stage.json yet) resumes from its state with its planned steps.
+    stle_dir = out / "stle"
+    (stle_dir / "stage.json").unlink()
+    plan = json.loads((stle_dir / "plan.json").read_text())
+    (stle_dir / "plan.json").write_text(json.dumps({**plan, "steps": 5}))
+    assert train_demo.main(argv[:-1] + ["--stages", "stle", "--no-eval"]) == 0
+    summary = json.loads((stle_dir / "stage.json").read_text())
+    assert (summary["steps"], summary["resumed"]) == (5, True)
+    steps_logged = [json.loads(line)["step"] for line in (stle_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == [3, 5]
+
 
 def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown stages \\['finetune'\\]"):
