@@ -47,8 +47,7 @@ class STLEEncode(io.ComfyNode):
             category=CATEGORY,
             description="Video frames -> StreamEdit latents (4 frames -> 1 latent frame, 8x smaller).",
             inputs=[ModelType.Input("model"),
-                    io.Image.Input("images", tooltip="Frames [T, H, W, C]; H and W multiples of 32 "
-                                                     "for the shipped presets.")] + _stream_inputs(),
+                    io.Image.Input("images", tooltip="Frames [T, H, W, C]; H and W multiples of 8.")] + _stream_inputs(),
             outputs=[io.Latent.Output(display_name="latent")],
         )
 

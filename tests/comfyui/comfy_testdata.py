@@ -13,7 +13,7 @@ CHECKPOINT = "tiny_test.safetensors"
 CLIP = "clip32.mp4"
 CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 24, 32, 8
 LONG_CLIP = "long32.mp4"  # 96 frames: chunks long enough to interrupt mid-job
-ODD_CLIP = "odd40.mp4"  # 40 x 40: not a multiple of the model's 32-pixel stride
+ODD_CLIP = "odd36.mp4"  # 36 x 36: not a multiple of the STLE's 8-pixel stride
 # CPU float results depend on the number of threads (how sums are split), so the server and the
 # in-test reference computations both use one thread to be comparable.
 THREADS = 1
