@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,9 @@ def wrap(module: nn.Module, mode: str, info: DistInfo, shard_units: list[nn.Modu
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
     from torch.distributed.fsdp import fully_shard
+    # The DiT returns a reshaped view; FSDP2 warns in case a caller modifies it in place,
+    # which the training losses never do.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for unit in shard_units:
         fully_shard(unit)
     fully_shard(module)
