@@ -34,11 +34,11 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..model import StreamEditModel
-from ..sampler import flow_timesteps, velocity
 from ..types import TextEmbedding
 from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, iterate_batches
+from .distill import segment_levels, teacher_velocity
 from .losses import flow_loss, reconstruction_loss, stream_consistency_loss, temporal_consistency_loss
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
@@ -218,29 +218,14 @@ class Trainer:
         sits on a level of the student's grid; the target velocity is the teacher's two steps
         (with CFG in the first round) from that level to the student's next level."""
         cfg = self.cfg
-        teacher_steps, student_steps = self.current_round(step)
+        teacher_steps, _ = self.current_round(step)
         cfg_scale = cfg.teacher_cfg if teacher_steps == cfg.teacher_steps else 1.0
-        src, x0, eps, t_draw, text, prompts = self._window(batch, positions, step)
-        b, n_frames = t_draw.shape
-        hist = (t_draw == 0)  # [B, T]: the window's history frames
-        # Student level per frame: chunk k (oldest first, as drawn) -> index a in [0, M).
-        t_grid = flow_timesteps(teacher_steps, cfg.shift)  # [N + 1], 1 -> 0
-        s_grid = t_grid[::2]  # the student's grid is every other teacher level
-        a = (s_grid[1:].to(t_draw.device) >= t_draw.unsqueeze(-1)).sum(-1).clamp(max=student_steps - 1)
-        dev = src.device
-        t_a = torch.where(hist, 0.0, s_grid[a].to(dev))
-        t_m = torch.where(hist, 0.0, t_grid[2 * a + 1].to(dev))
-        t_c = torch.where(hist, 0.0, s_grid[a + 1].to(dev))
-        view = lambda t: t.view(b, 1, n_frames, 1, 1)  # noqa: E731
-        x_a = (1 - view(t_a)) * x0 + view(t_a) * eps
-        null = self.text.null(b).to(dev)
-        with torch.no_grad():
-            v1 = velocity(self.teacher, x_a, t_a, src, text, null, cfg_scale)
-            x_m = x_a + view(t_m - t_a) * v1
-            v2 = velocity(self.teacher, x_m, t_m, src, text, null, cfg_scale)
-            x_c = x_m + view(t_c - t_m) * v2
-            # final levels of 0 would read as history in the next step; the target is a velocity
-            target = (x_c - x_a) / view(torch.where(hist, -1.0, t_c - t_a))
+        src, x0, eps, t_draw, text, _ = self._window(batch, positions, step)
+        t_a, t_m, t_c = segment_levels(t_draw, teacher_steps, cfg.shift)
+        hist = t_draw == 0
+        x_a = (1 - t_a[:, None, :, None, None]) * x0 + t_a[:, None, :, None, None] * eps
+        null = self.text.null(src.shape[0]).to(src.device)
+        target = teacher_velocity(self.teacher, x_a, t_a, t_m, t_c, src, text, null, cfg_scale)
         with self._autocast():
             v = self.wrapped(x_a, t_a, src, text).float()
         loss = flow_loss(v, target, (~hist).float())
