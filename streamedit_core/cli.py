@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  edit      edit a video file with a text prompt\n"
               "  train     train a model (SCM loss, ASW partitions)\n"
               "  distill   progressive distillation to a 6-step CFG-free student\n"
-              "  eval      metrics of an edited video\n"
+              "  eval      score a model on the V2V edit benchmark (JSON, Markdown, contact sheet)\n"
               "  bench     speed of the streaming editor\n\n"
               "python -m streamedit_core COMMAND --help for a command's options.")
         return 0 if argv else 2
