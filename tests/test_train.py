@@ -173,3 +173,12 @@ def test_cli_train_runs_and_reports_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "streamedit_core", "distill", "--set", "steps=1"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "distill needs a teacher" in r.stderr
+
+
+def test_bf16_checkpointing_motion_compensation_and_warmup_run(tmp_path):
+    tr = Trainer(_cfg(tmp_path, steps=2, precision="bf16", grad_checkpointing=True,
+                      motion_compensation=True, warmup_steps=4, partitions=("independent",)))
+    assert tr.model.dit.cfg.grad_checkpointing and not tr.model.config.dit.grad_checkpointing
+    losses = [tr.train_step()["loss"] for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert tr.lr_at(0) == pytest.approx(0.25 * tr.cfg.lr) and tr.lr_at(10) == tr.cfg.lr
