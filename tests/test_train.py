@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from streamedit_core.train.config import DataConfig, TrainConfig
 from streamedit_core.train.losses import global_shift, temporal_consistency_loss
 from streamedit_core.train.partitions import chunk_size, levels, window_levels
+from streamedit_core.train.synthetic import SyntheticEditDataset
 from streamedit_core.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,3 +183,21 @@ def test_bf16_checkpointing_motion_compensation_and_warmup_run(tmp_path):
     losses = [tr.train_step()["loss"] for _ in range(2)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert tr.lr_at(0) == pytest.approx(0.25 * tr.cfg.lr) and tr.lr_at(10) == tr.cfg.lr
+
+
+def test_text_cache_file_replaces_the_encoder(tmp_path, minilm16):
+    from streamedit_core.train.textbank import CachedText, save_text_cache
+    prompts = ["make it sepia", "blur it"]
+    path = save_text_cache(minilm16, prompts, tmp_path / "text.safetensors")
+    cached = CachedText(path)
+    want = minilm16.encode(prompts + [""])
+    got = cached.encode(prompts + [""])
+    for a, b in zip(want.states + want.masks, got.states + got.masks):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="'invert it' is not in the text cache"):
+        cached.encode(["invert it"])
+    data = DataConfig(frames=8, size=32, length=2)
+    ds = SyntheticEditDataset(frames=8, size=32, length=2)
+    save_text_cache(minilm16, ds.all_prompts(), tmp_path / "all.safetensors")
+    tr = Trainer(_cfg(tmp_path, steps=1, data=data, text="minilm", text_cache=str(tmp_path / "all.safetensors")))
+    assert isinstance(tr.text.encoder, CachedText) and tr.train_step()["loss"] > 0

@@ -35,6 +35,9 @@ def _parser(prog: str, distill: bool) -> argparse.ArgumentParser:
                        help="instead of training: encode the config's data with the model's STLE into "
                             "latent shards in DIR (then train the DiT with data.kind=latents)")
         p.add_argument("--count", type=int, default=1024, help="samples to encode with --encode-latents")
+        p.add_argument("--encode-text", metavar="FILE",
+                       help="instead of training: encode every prompt of the config's data with its text "
+                            "ensemble into FILE (.safetensors); then train with text_cache=FILE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -89,6 +92,16 @@ def _run(argv: Sequence[str], distill: bool) -> int:
     from . import dist
     from .trainer import Trainer
     try:
+        if not distill and args.encode_text:
+            from ..checkpoint import read_checkpoint_config
+            from ..config import get_preset
+            from .textbank import save_text_cache
+            from .trainer import build_dataset, build_text
+            model_config = (read_checkpoint_config(cfg.init_checkpoint) if cfg.init_checkpoint
+                            else get_preset(cfg.preset))
+            encoder = build_text(cfg.replace(text_cache=None), model_config)
+            save_text_cache(encoder, build_dataset(cfg).all_prompts(), args.encode_text)
+            return 0
         if not distill and args.encode_latents:
             from .data import encode_latent_shards
             trainer = Trainer(cfg.replace(task="stle", data=cfg.data))  # builds model + pixel data

@@ -42,7 +42,7 @@ from .distill import segment_levels, teacher_velocity
 from .losses import flow_loss, reconstruction_loss, stream_consistency_loss, temporal_consistency_loss
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
-from .textbank import RandomText, TextBank
+from .textbank import CachedText, RandomText, TextBank
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +73,27 @@ class STLEObjective(nn.Module):
         return recon, latents, late
 
 
-def build_text(cfg: TrainConfig, model: StreamEditModel):
-    members = model.config.dit.text_members
+def build_text(cfg: TrainConfig, model_config):
+    """The run's text encoder (cache file, random stand-in, MiniLM or an ensemble folder),
+    checked against the model config's text members."""
+    members = model_config.dit.text_members
+    if cfg.text_cache:
+        cached = CachedText(cfg.text_cache)
+        if tuple(cached.member_configs) != tuple(members):
+            raise ValueError(f"text cache {cfg.text_cache!r} holds members {cached.member_configs}, "
+                             f"the model expects {members}")
+        return cached
     if cfg.text == "random":
         return RandomText(members)
     from ..text import TextEnsemble
     if cfg.text == "minilm":
         if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:
-            raise ValueError(f"text='minilm' does not fit model {model.config.name!r} (members "
+            raise ValueError(f"text='minilm' does not fit model {model_config.name!r} (members "
                              f"{[(m.kind, m.dim) for m in members]}); give the ensemble folder")
         enc = TextEnsemble.minilm(max_tokens=members[0].max_tokens)
     else:
         enc = TextEnsemble.from_folder(cfg.text)
-    enc.check_compatible(model.config)
+    enc.check_compatible(model_config)
     return enc
 
 
@@ -145,7 +153,7 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         self.text = None
         if cfg.task != "stle":
-            encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model)
+            encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
             prompts = self.dataset.all_prompts() if hasattr(self.dataset, "all_prompts") else []
             self.text = TextBank(encoder, [""] + list(prompts))
         self.step = 0
