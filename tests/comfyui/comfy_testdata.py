@@ -12,7 +12,7 @@ import torch
 CHECKPOINT = "tiny_test.safetensors"
 CLIP = "clip32.mp4"
 CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 24, 32, 8
-LONG_CLIP = "long32.mp4"  # 96 frames: chunks long enough to interrupt mid-job
+LONG_CLIP = "long32.mp4"  # 144 frames: chunks long enough to interrupt mid-job
 ODD_CLIP = "odd36.mp4"  # 36 x 36: not a multiple of the STLE's 8-pixel stride
 # CPU float results depend on the number of threads (how sums are split), so the server and the
 # in-test reference computations both use one thread to be comparable.

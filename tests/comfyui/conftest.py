@@ -25,7 +25,7 @@ def comfy_base(tmp_path_factory) -> Path:
     server = ComfyServer(base)
     server.prepare()
     save_checkpoint(make_test_model(), base / "models" / "streamedit" / CHECKPOINT)
-    for name, frames, size in ((CLIP, CLIP_FRAMES, CLIP_SIZE), (LONG_CLIP, 96, CLIP_SIZE),
+    for name, frames, size in ((CLIP, CLIP_FRAMES, CLIP_SIZE), (LONG_CLIP, 144, CLIP_SIZE),
                                (ODD_CLIP, 8, 36)):
         with VideoWriter(base / "input" / name, CLIP_FPS, size, size) as writer:
             writer.write(clip_frames(frames, size))

@@ -241,14 +241,14 @@ def test_stream_chunks_equal_core_stream_editor(comfy, comfy_base, object_info):
 
 
 def test_interrupt_mid_chunk_then_requeue_continues_exactly(comfy, comfy_base, object_info):
-    chunk_frames = 32  # 8 latent frames per chunk: long enough to interrupt mid-job
+    chunk_frames = 48  # 12 latent frames per chunk: long enough to interrupt mid-job
     expected = reference_stream(comfy_base, LONG_CLIP, chunk_frames, chunks=3)
     stream_id = f"i-{uuid.uuid4().hex[:6]}"
     prompts = [stream_prompt(object_info, stream_id, k, chunk_frames, video=LONG_CLIP) for k in range(3)]
     first = run_ok(comfy, prompts[0])
 
     def interrupt_on_progress(event):
-        if event["type"] == "progress" and event["data"]["value"] >= 2:
+        if event["type"] == "progress" and event["data"]["value"] == 1:
             comfy.interrupt()
 
     interrupted = comfy.wait(comfy.queue(copy.deepcopy(prompts[1])), 120, on_event=interrupt_on_progress)
