@@ -91,7 +91,8 @@ def test_latent_shards_round_trip(tmp_path, tiny_model):
     assert len(shards) == 3
     with torch.no_grad():
         want = torch.cat([tiny_model.stle.encode(ds[i]["target"][None]) for i in range(3)])
-    torch.testing.assert_close(shards.target, want, atol=1e-5, rtol=1e-5)  # rows in position order
+    got = torch.stack([shards.row(i)["target_latents"] for i in range(3)])  # rows in position order
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert shards.prompts == [ds[i]["prompt"] for i in range(3)]
     item = shards[0]  # items follow the run's permutation of the rows
     row = shards.prompts.index(item["prompt"]) if item["prompt"] else None
@@ -100,6 +101,12 @@ def test_latent_shards_round_trip(tmp_path, tiny_model):
         torch.testing.assert_close(item["target_latents"], want[row], atol=1e-5, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="no latent shards"):
         LatentShardDataset(tmp_path)
+    # DiT training reads them instead of running the STLE
+    from streamedit_core.train.config import DataConfig, TrainConfig
+    from streamedit_core.train.trainer import Trainer
+    cfg = TrainConfig(text="random", data=DataConfig(kind="latents", path=str(tmp_path / "lat")), steps=1,
+                      global_batch=2, out_dir=str(tmp_path / "run"), progress=False)
+    assert Trainer(cfg).train_step()["loss"] > 0
 
 
 def test_step_positions_do_not_depend_on_the_split():

@@ -181,45 +181,53 @@ def encode_latent_shards(stle, dataset, out_dir: str | Path, count: int, *, shar
 
 
 class LatentShardDataset:
-    """Pre-encoded (source, target) latents from `encode_latent_shards`, loaded into memory.
+    """Pre-encoded (source, target) latents from `encode_latent_shards`, read lazily (the shards
+    are memory-mapped; only the headers are read here, so the data set may exceed RAM).
 
     Item: {"source_latents", "target_latents": [C, t, h, w] float32, "prompt": str}.
     """
 
     def __init__(self, folder: str | Path, *, seed: int = 0) -> None:
         folder = Path(folder)
-        paths = sorted(folder.glob("shard_*.safetensors"))
-        if not paths:
+        self.paths = sorted(folder.glob("shard_*.safetensors"))
+        if not self.paths:
             raise FileNotFoundError(f"no latent shards (shard_*.safetensors) in {str(folder)!r}")
-        src, tgt, self.prompts = [], [], []
-        for path in paths:
+        self.index: list[tuple[int, int]] = []  # position in the data set -> (shard, row)
+        self.prompts: list[str] = []
+        shapes = set()
+        for k, path in enumerate(self.paths):
             try:
                 with safe_open(str(path), framework="pt") as f:
                     meta = f.metadata() or {}
-                    s, t = f.get_tensor("source"), f.get_tensor("target")
+                    s, t = f.get_slice("source").get_shape(), f.get_slice("target").get_shape()
             except Exception as e:
                 raise ValueError(f"latent shard {str(path)!r} is not readable: {e}") from e
             prompts = json.loads(meta.get("prompts", "null") or "null")
-            if not isinstance(prompts, list) or len(prompts) != s.shape[0] or s.shape != t.shape:
-                raise ValueError(f"latent shard {str(path)!r}: source {tuple(s.shape)}, target "
-                                 f"{tuple(t.shape)} and {len(prompts or [])} prompts do not match")
-            src.append(s), tgt.append(t)
+            if not isinstance(prompts, list) or len(prompts) != s[0] or s != t:
+                raise ValueError(f"latent shard {str(path)!r}: source {tuple(s)}, target {tuple(t)} and "
+                                 f"{len(prompts or [])} prompts do not match")
+            shapes.add(tuple(s[1:]))
+            self.index += [(k, r) for r in range(s[0])]
             self.prompts += prompts
-        shapes = {tuple(s.shape[1:]) for s in src}
         if len(shapes) != 1:
             raise ValueError(f"latent shards in {str(folder)!r} have different latent shapes {sorted(shapes)}")
-        self.source, self.target = torch.cat(src), torch.cat(tgt)
         self.seed, self.skipped = seed, 0
 
     def __len__(self) -> int:
-        return self.source.shape[0]
+        return len(self.index)
 
     def all_prompts(self) -> list[str]:
         return sorted(set(self.prompts))
 
+    def row(self, i: int) -> dict:
+        """Row i in shard order (not permuted)."""
+        k, r = self.index[i]
+        with safe_open(str(self.paths[k]), framework="pt") as f:
+            src, tgt = f.get_slice("source")[r:r + 1][0], f.get_slice("target")[r:r + 1][0]
+        return {"source_latents": src.float(), "target_latents": tgt.float(), "prompt": self.prompts[i]}
+
     def __getitem__(self, position: int) -> dict:
-        i = row_for_position(len(self), self.seed, position)
-        return {"source_latents": self.source[i], "target_latents": self.target[i], "prompt": self.prompts[i]}
+        return self.row(row_for_position(len(self), self.seed, position))
 
 
 # --- Batch order ------------------------------------------------------------------------------
