@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..model import StreamEditModel
-from ..types import TextEmbedding
 from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, iterate_batches
