@@ -84,9 +84,13 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]
 
 def _looks_like_pickle(path: Path, head: bytes) -> bool:
     # torch.save writes a zip archive ("PK\x03\x04"); older torch and pickle.dump start with
-    # the pickle protocol opcode 0x80. A safetensors file starts with a small little-endian size.
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or (
-        path.suffix.lower() in _PICKLE_SUFFIXES and not _plausible_safetensors(path, head))
+    # the pickle protocol opcode 0x80. A safetensors file starts with a little-endian header size
+    # smaller than the file, whose first byte may well be 0x80 too: only the size tells them apart.
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if _plausible_safetensors(path, head):
+        return False
+    return head[:1] == b"\x80" or path.suffix.lower() in _PICKLE_SUFFIXES
 
 
 def _plausible_safetensors(path: Path, head: bytes) -> bool:

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from model_helpers import FakeTextEncoder, make_live_tiny_model
+
 
 @pytest.fixture
 def tiny_model():
@@ -17,36 +19,8 @@ def tiny_model():
 
 @pytest.fixture
 def live_tiny_model():
-    """The `tiny` preset with its zero-initialised output layers (adaLN-zero, final linear)
-    randomised, so the DiT's velocity depends on every input (an untrained DiT predicts 0)."""
-    from streamedit_core.model import StreamEditModel
-    model = StreamEditModel.from_preset("tiny", seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.dit.named_parameters():
-            if p.abs().max() == 0 and not name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
-class FakeTextEncoder:
-    """A deterministic stand-in for a TextEnsemble (one `sentence` member of `dim` x `tokens`):
-    random token states seeded by the prompt's characters, every token real."""
-
-    def __init__(self, tokens: int = 16, dim: int = 384) -> None:
-        self.tokens, self.dim = tokens, dim
-
-    def encode(self, prompts):
-        from streamedit_core.types import TextEmbedding
-        prompts = [prompts] if isinstance(prompts, str) else prompts
-        g = torch.Generator().manual_seed(sum(map(ord, prompts[0])))
-        return TextEmbedding((torch.randn(1, self.tokens, self.dim, generator=g),),
-                             (torch.ones(1, self.tokens, dtype=torch.bool),))
-
-    def null(self, batch: int = 1):
-        from streamedit_core.types import TextEmbedding
-        return TextEmbedding((torch.zeros(batch, self.tokens, self.dim),),
-                             (torch.zeros(batch, self.tokens, dtype=torch.bool),))
+    """The `tiny` preset whose DiT output depends on its inputs (see model_helpers)."""
+    return make_live_tiny_model()
 
 
 @pytest.fixture

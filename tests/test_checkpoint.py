@@ -194,3 +194,20 @@ def test_tensor_mismatches(model, tmp_path):
     path = write_raw(tmp_path / "ints.safetensors", ints, cfg)
     with pytest.raises(ValueError, match="'stle.latent_std' has dtype I32, expected torch.float32"):
         load_checkpoint(path)
+
+
+def test_header_size_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors header length of 128 mod 256 makes the first byte 0x80, the pickle protocol
+    opcode; such a file must still load (seen in training exports)."""
+    import struct
+    model = StreamEditModel.from_preset("tiny", seed=0)
+    for pad in range(256):  # find metadata that puts the header length at 128 mod 256
+        path = tmp_path / "m.safetensors"
+        save_checkpoint(model, path, extra_metadata={"pad": " " * pad})
+        head = path.read_bytes()[:8]
+        if head[:1] == b"\x80":
+            break
+    assert head[:1] == b"\x80" and struct.unpack("<Q", head)[0] % 256 == 128
+    loaded = load_checkpoint(path)
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -11,7 +11,7 @@ import torch
 from streamedit_core.config import PRESETS, STLEConfig
 from streamedit_core.model import StreamEditModel
 from streamedit_core.pipeline import StreamEditor, check_frame_size, edit_video
-from conftest import FakeTextEncoder as FakeText
+from model_helpers import FakeTextEncoder as FakeText
 
 
 def _frames(n=22, h=32, w=32, seed=0):

@@ -7,7 +7,7 @@ import torch
 from streamedit_core.pipeline import StreamEditor
 from streamedit_core.streams import StreamRegistry
 
-from conftest import FakeTextEncoder as FakeText
+from model_helpers import FakeTextEncoder as FakeText
 
 
 def _frames(n, seed=0):

@@ -425,10 +425,6 @@ class Trainer:
             set_latent_statistics(model.stle, self.dataset, self.cfg)
         meta = {"train_config": self.cfg.to_json(), "step": self.step}
         save_checkpoint(model, path, extra_metadata=meta)
-        if path.read_bytes()[:1] == b"\x80":
-            # checkpoint.py's pickle sniffing reads a first byte 0x80 (a header length of
-            # 128 mod 256) as a pickle opcode; pad the metadata so the loader accepts the file.
-            save_checkpoint(model, path, extra_metadata={**meta, "pad": " " * 8})
         return path
 
 

@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from model_helpers import make_live_tiny_model
+
 CHECKPOINT = "tiny_test.safetensors"
 CLIP = "clip32.mp4"
 CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 24, 32, 8
@@ -20,17 +22,8 @@ THREADS = 1
 
 
 def make_test_model():
-    """The tiny preset with its zero-initialised output layers randomised (seed 1), so the DiT's
-    velocity depends on its inputs (an untrained adaLN-zero DiT predicts exactly 0)."""
-    from streamedit_core.model import StreamEditModel
-
-    model = StreamEditModel.from_preset("tiny", seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.dit.named_parameters():
-            if p.abs().max() == 0 and not name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+    """The tiny preset whose DiT output depends on its inputs (see tests/model_helpers.py)."""
+    return make_live_tiny_model()
 
 
 def clip_frames(frames: int = CLIP_FRAMES, size: int = CLIP_SIZE) -> torch.Tensor:
