@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COMFYUI := .cache/comfyui/ComfyUI
 REQS := requirements/base.in requirements/comfyui.in requirements/test.in
 
-.PHONY: all test test-fast demo env comfyui train-demo bench clean
+.PHONY: all test test-fast demo env comfyui train-demo clean
 
 all: test
 
@@ -34,6 +34,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP) comfyui
 	$(PY) scripts/demo.py
+
+# Train the shipped demo model (STLE -> DiT with SCM + ASW partitions -> distillation), then eval.
+train-demo: $(STAMP)
+	$(PY) scripts/train_demo.py $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache
