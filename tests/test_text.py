@@ -398,6 +398,15 @@ def test_check_compatible_names_member_kind_and_dims(tiny, minilm):
         tiny.check_compatible(PRESETS["tiny"].dit)
 
 
+def test_builtin_for_sizes_minilm_to_the_model_and_names_other_members():
+    for name in ("tiny", "demo"):  # max_tokens 16 and 32: the ensemble follows the model
+        ens = TextEnsemble.builtin_for(PRESETS[name], cache_size=0)
+        assert ens.member_configs == PRESETS[name].dit.text_members
+    with pytest.raises(ValueError, match=r"model '2b' expects text members \[t5/4096/256, "
+                                         r"byt5/1472/128, clip/1024/77\].*not the built-in MiniLM"):
+        TextEnsemble.builtin_for(PRESETS["2b"])
+
+
 def test_list_ensembles(tiny_root, tmp_path):
     (tiny_root / "not-an-ensemble").mkdir(exist_ok=True)
     assert list_ensembles(tiny_root) == ["tiny-paper"]

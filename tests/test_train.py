@@ -155,6 +155,14 @@ def test_config_errors_name_the_value(tmp_path):
         TrainConfig.from_file(bad)
 
 
+def test_builtin_text_that_does_not_fit_the_model_names_its_members(tmp_path):
+    from streamedit_core.config import PRESETS
+    from streamedit_core.train.trainer import build_text
+
+    with pytest.raises(ValueError, match=r"text='minilm': model '2b' expects text members \[t5/4096/256"):
+        build_text(_cfg(tmp_path, text="minilm"), PRESETS["2b"])
+
+
 def test_stage_configs_load_with_the_paper_rates():
     cfgs = {p.stem: TrainConfig.from_file(p) for p in (REPO / "configs" / "train").glob("*.json")}
     assert cfgs["base"].lr == 5e-5 and cfgs["stream"].lr == 1e-5 and cfgs["finetune"].lr == 1e-5

@@ -59,13 +59,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from ..cli import _load_model, _load_text  # one way to load a model and its text encoder
+    from ..cli import load_model, load_text_encoder  # one way to load a model and its text encoder
 
     args = _parser().parse_args(list(argv))
     _check_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _load_model(args, device)
-    text = _load_text(args, model)
+    model = load_model(args, device)
+    text = load_text_encoder(args, model)
 
     pairs = build_pairs(args.split, limit=args.limit)
     classifier, accuracy = train_classifier()

@@ -86,12 +86,11 @@ def build_text(cfg: TrainConfig, model_config):
         return RandomText(members)
     from ..text import TextEnsemble
     if cfg.text == "minilm":
-        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != 384:
-            raise ValueError(f"text='minilm' does not fit model {model_config.name!r} (members "
-                             f"{[(m.kind, m.dim) for m in members]}); give the ensemble folder")
-        enc = TextEnsemble.minilm(max_tokens=members[0].max_tokens)
-    else:
-        enc = TextEnsemble.from_folder(cfg.text)
+        try:
+            return TextEnsemble.builtin_for(model_config)
+        except ValueError as e:
+            raise ValueError(f"text='minilm': {e}") from e
+    enc = TextEnsemble.from_folder(cfg.text)
     enc.check_compatible(model_config)
     return enc
 
