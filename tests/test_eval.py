@@ -65,7 +65,7 @@ def test_ground_truth_against_itself_scores_perfectly(classifier, test_pairs):
     for p in test_pairs:
         m = M.clip_metrics(p.target, p.target, p.source)
         assert m["psnr"] == M.PSNR_CAP and m["ssim"] == pytest.approx(1.0, abs=1e-9)
-        assert m["temporal_coherence"] == 1.0
+        assert m["temporal_coherence"] == 1.0 and m["flicker_ratio"] == 1.0
         if p.family in COLOUR_EDITS:
             assert clf.adherence(p.target, p.source, p.family)[0] == 1.0, p.name
             assert m["identity"] > 0.95, p.name

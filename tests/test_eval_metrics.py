@@ -75,6 +75,23 @@ def test_temporal_coherence_penalises_flicker_and_shuffling_not_static_error():
     assert M.temporal_coherence(gt[:1], gt[:1]) == 1.0
 
 
+def test_flicker_ratio_is_one_for_the_ground_truth_and_above_one_for_flicker():
+    gt = moving_clip(frames=12)
+    assert M.flicker_ratio(gt, gt) == 1.0
+    assert M.flicker_ratio(gt[:1], gt[:1]) == 1.0
+    static = gt[:1].expand(12, -1, -1, -1)
+    assert M.flicker_ratio(static, static) == 1.0  # 0 / 0 is guarded
+    sign = torch.tensor([(-1.0) ** t for t in range(12)]).view(-1, 1, 1, 1)
+    flicker = (gt + 0.1 * sign).clamp(0, 1)  # +-0.1 on top of gt's own ~0.1 per frame
+    assert M.flicker_ratio(flicker, gt) > 1.5
+    assert M.flicker_ratio(static, gt) < 0.01  # frozen motion is below 1, not "coherent"
+    # each frame twice as far from the previous one: the ratio is the factor (up to eps)
+    assert M.flicker_ratio(2 * gt, gt) == pytest.approx(2.0, rel=1e-2)
+    assert M.clip_metrics(flicker, gt, gt)["flicker_ratio"] == M.flicker_ratio(flicker, gt)
+    rows = [{"flicker_ratio": 1.0}, {"flicker_ratio": 2.0}]
+    assert M.summarize(rows)["flicker_ratio"] == 1.5
+
+
 def test_motion_smoothness_linear_motion_is_one_and_shuffling_is_worse():
     ramp = torch.linspace(0, 1, 9).view(-1, 1, 1, 1).expand(9, 16, 16, 3)
     assert M.motion_smoothness(ramp) == pytest.approx(1.0, abs=1e-6)
@@ -128,12 +145,13 @@ def test_png_round_trip_and_contact_sheet_layout(tmp_path):
 
 def test_markdown_and_json_reports(tmp_path):
     summary = {"psnr": 100.0, "ssim": 1.0, "adherence": 1.0, "identity": None,
-               "temporal_coherence": 1.0, "motion_smoothness": 0.95, "overall": 0.99, "n_psnr": 2}
+               "temporal_coherence": 1.0, "flicker_ratio": 1.25, "motion_smoothness": 0.95,
+               "overall": 0.99, "n_psnr": 2}
     table = markdown_table({"ours": summary})
     header, rule, row = table.strip().splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
     assert [c.strip() for c in row.split("|")[1:-1]] == [
-        "ours", "2", "100.00", "1.000", "1.000", "n/a", "1.000", "0.950", "0.990"]
+        "ours", "2", "100.00", "1.000", "1.000", "n/a", "1.000", "1.250", "0.950", "0.990"]
     path = write_json({"summary": {"ours": summary}}, tmp_path / "r.json")
     assert json.loads(path.read_text())["summary"]["ours"]["identity"] is None
     with pytest.raises(ValueError):

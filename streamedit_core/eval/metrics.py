@@ -13,6 +13,9 @@ procedural benchmark gives us:
 - Temporal Coherence: VBench's temporal-flickering score, 1 - mean |frame difference error|,
   where the error is our frame-to-frame change minus the ground truth's (so real motion is
   not flicker, and a constant per-frame error is not either).
+- Flicker ratio: the output's mean frame-to-frame change over the ground truth's, per clip
+  (issue 7's target: within 1.2x). 1 when the output changes as much as the ground truth;
+  above 1 it flickers, below 1 it freezes motion. Not a [0, 1] score, so not in Overall Quality.
 - Motion Smoothness: VBench's score with linear interpolation in place of its AMT model:
   1 - mean |middle frame - average of its two neighbours| over every frame triple.
 - Prompt Adherence comes from the edit-family classifier (`classifier.py`), Overall Quality
@@ -34,14 +37,19 @@ SSIM_C2 = 0.03 ** 2
 STRUCTURE_EPS = 1e-9  # tiny next to edge-map variances (~1e-4..1e-2): only guards 0 / 0
 STRUCTURE_MIN = 0.9  # ground truth's own structure agreement above which an edit "keeps structure"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights
+# Added to both sides of the flicker ratio: two static clips give 1, not 0 / 0. Under 1/40 of
+# an 8-bit level, so it moves the ratio by < 1% wherever the ground truth changes by >= 0.01.
+FLICKER_EPS = 1e-4
 
-# The columns of the summary, in table order: (key, header); higher is better for all.
+# The columns of the summary, in table order: (key, header); higher is better for all but
+# flicker_ratio, which is best at 1.
 COLUMNS = (
     ("psnr", "Edit Fidelity PSNR (dB)"),
     ("ssim", "Edit Fidelity SSIM"),
     ("adherence", "Prompt Adherence"),
     ("identity", "Identity Preservation"),
     ("temporal_coherence", "Temporal Coherence"),
+    ("flicker_ratio", "Flicker ratio (GT = 1)"),
     ("motion_smoothness", "Motion Smoothness"),
     ("overall", "Overall Quality"),
 )
@@ -168,6 +176,17 @@ def temporal_coherence(output: Tensor, target: Tensor) -> float:
     return float((1.0 - err).clamp(0.0, 1.0))
 
 
+def flicker_ratio(output: Tensor, target: Tensor) -> float:
+    """(mean |out[t+1] - out[t]| + eps) / (mean |gt[t+1] - gt[t]| + eps), eps = FLICKER_EPS;
+    1 for one frame and for the ground truth against itself, > 1 for an output that flickers."""
+    output, target = _check_pair(output, target, ("output", "target"))
+    if output.shape[0] < 2:
+        return 1.0
+    ours = output.diff(dim=0).abs().mean().double()
+    theirs = target.diff(dim=0).abs().mean().double()
+    return float((ours + FLICKER_EPS) / (theirs + FLICKER_EPS))
+
+
 def motion_smoothness(output: Tensor) -> float:
     """1 - mean |x[t] - (x[t-1] + x[t+1]) / 2| over t = 1..T-2, in [0, 1]; 1 for < 3 frames.
 
@@ -192,6 +211,7 @@ def clip_metrics(output: Tensor, target: Tensor, source: Tensor) -> dict[str, fl
         "ssim": ssim(output, target),
         "identity": structure_agreement(output, source) if keeps_structure else None,
         "temporal_coherence": temporal_coherence(output, target),
+        "flicker_ratio": flicker_ratio(output, target),
         "motion_smoothness": motion_smoothness(output),
     }
 
