@@ -21,6 +21,7 @@ from typing import Any
 from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.pipeline import StreamEditor
+from ..streamedit_core.streams import check_chunk_order
 
 
 @dataclass
@@ -77,16 +78,8 @@ class StreamRegistry:
             elif chunk_index == 0:
                 entry = StreamEntry(stream_id, owner=owner, job=job, chunk=0, previous=entry)
                 self._entries[stream_id] = entry
-            elif entry is None:
-                raise ValueError(f"stream {stream_id!r} has no state (never started, reset, or dropped "
-                                 f"by /free); got chunk_index {chunk_index}: queue chunk_index 0 to "
-                                 "start it")
-            elif chunk_index != entry.next_chunk:
-                kind = "repeats an already processed chunk" if chunk_index < entry.next_chunk else \
-                    "skips chunks"
-                raise ValueError(f"stream {stream_id!r}: chunk_index {chunk_index} {kind}; the next "
-                                 f"chunk is {entry.next_chunk} (or 0 to restart the stream)")
             else:
+                check_chunk_order(stream_id, chunk_index, None if entry is None else entry.next_chunk)
                 entry.job, entry.chunk, entry.snapshot = job, chunk_index, entry.state_dict()
             if entry.owner is not owner:
                 raise ValueError(f"stream {stream_id!r} was started with another model; restart it "

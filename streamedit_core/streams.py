@@ -22,6 +22,24 @@ from .pipeline import StreamEditor, to_frames
 log = logging.getLogger(__name__)
 
 
+def check_chunk_order(stream_id: str, chunk_index: int, next_chunk: int | None) -> None:
+    """The chunk order of a stream across jobs: chunk_index 0 (re)starts it; any other index
+    must be the stream's `next_chunk` (None: the stream does not exist). ValueError naming the
+    stream, the index and the expected one otherwise. Shared by this registry and the ComfyUI
+    nodes' (nodes/streaming.py), whose jobs span several nodes."""
+    if chunk_index == 0:
+        return
+    if next_chunk is None:
+        raise ValueError(f"stream {stream_id!r} does not exist (it has no state: never started, "
+                         f"reset, or dropped by /free); got chunk_index {chunk_index}, expected 0: "
+                         "queue chunk_index 0 to start it")
+    if chunk_index != next_chunk:
+        what = "repeats a chunk" if chunk_index < next_chunk else "skips chunks"
+        raise ValueError(f"stream {stream_id!r}: got chunk_index {chunk_index}, expected {next_chunk} "
+                         f"(the next chunk is {next_chunk}; chunk_index {chunk_index} {what}; "
+                         "0 restarts the stream)")
+
+
 @dataclass
 class _Stream:
     editor: StreamEditor
@@ -79,14 +97,7 @@ class StreamRegistry:
                 stream = _Stream(editor, 0, key)
                 fresh = True
             else:
-                expected = 0 if stream is None else stream.next_chunk
-                if stream is None:
-                    raise ValueError(f"stream {stream_id!r} does not exist (or was reset): got "
-                                     f"chunk_index {chunk_index}, expected 0 to start it")
-                if chunk_index != expected:
-                    what = "repeats a chunk" if chunk_index < expected else "skips chunks"
-                    raise ValueError(f"stream {stream_id!r}: got chunk_index {chunk_index}, expected "
-                                     f"{expected} ({what}; use chunk_index 0 to restart the stream)")
+                check_chunk_order(stream_id, chunk_index, None if stream is None else stream.next_chunk)
                 if key != stream.key:
                     raise ValueError(f"stream {stream_id!r} was started with another model, text "
                                      "encoder, seed or sampler settings; use chunk_index 0 to "
