@@ -58,3 +58,12 @@ def make_clip(tmp_path):
             path = tmp_path / path
         return write_clip(path, frames, w, h, fps)
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: OpenMP spinning on a shared 2-core machine slows small convolutions."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

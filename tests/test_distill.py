@@ -13,13 +13,7 @@ from streamedit_core.train.textbank import RandomText
 from streamedit_core.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: OpenMP spinning on a shared 2-core machine slows small convolutions."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_segment_levels_snap_to_the_student_grid():

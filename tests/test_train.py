@@ -20,14 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXED = DataConfig(frames=8, size=32, length=2, identity_fraction=0.0)  # a fixed pair of samples
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these
-    small convolutions several times slower than a single thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _cfg(tmp_path, **kw):
