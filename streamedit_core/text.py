@@ -360,9 +360,7 @@ class TextEnsemble:
 
     def null(self, batch: int = 1) -> TextEmbedding:
         """The unconditional embedding: zeros, every mask False ("no edit"; CFG's negative)."""
-        return TextEmbedding(tuple(torch.zeros(batch, c.max_tokens, c.dim) for c in self.member_configs),
-                             tuple(torch.zeros(batch, c.max_tokens, dtype=torch.bool)
-                                   for c in self.member_configs))
+        return TextEmbedding.null(self.member_configs, batch)
 
     def encode(self, prompts: str | list[str]) -> TextEmbedding:
         """A prompt or a list of them -> TextEmbedding with batch len(prompts), CPU float32.

@@ -35,6 +35,14 @@ class TextEmbedding:
                              tuple(m.expand(batch, -1) for m in self.masks))
 
     @staticmethod
+    def null(member_configs, batch: int = 1) -> "TextEmbedding":
+        """The unconditional embedding of an ensemble whose members are `member_configs`
+        (`TextMemberConfig`s): zero states [batch, max_tokens, dim], every mask False."""
+        return TextEmbedding(tuple(torch.zeros(batch, c.max_tokens, c.dim) for c in member_configs),
+                             tuple(torch.zeros(batch, c.max_tokens, dtype=torch.bool)
+                                   for c in member_configs))
+
+    @staticmethod
     def cat(items: "list[TextEmbedding]") -> "TextEmbedding":
         """Concatenate along the batch (e.g. [cond, uncond] for CFG)."""
         n = len(items[0].states)

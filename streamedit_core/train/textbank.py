@@ -25,9 +25,7 @@ class RandomText:
         self.member_configs = tuple(member_configs)
 
     def null(self, batch: int = 1) -> TextEmbedding:
-        return TextEmbedding(tuple(torch.zeros(batch, c.max_tokens, c.dim) for c in self.member_configs),
-                             tuple(torch.zeros(batch, c.max_tokens, dtype=torch.bool)
-                                   for c in self.member_configs))
+        return TextEmbedding.null(self.member_configs, batch)
 
     def encode(self, prompts: str | list[str]) -> TextEmbedding:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -125,7 +123,7 @@ class CachedText:
                      for i, p in enumerate(prompts)}
 
     def null(self, batch: int = 1) -> TextEmbedding:
-        return RandomText(self.member_configs).null(batch)
+        return TextEmbedding.null(self.member_configs, batch)
 
     def encode(self, prompts: str | list[str]) -> TextEmbedding:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
