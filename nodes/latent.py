@@ -12,7 +12,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..streamedit_core.pipeline import StreamEditor, check_frame_size, to_frames
+from ..streamedit_core.pipeline import StreamEditor, check_frame_size, pad_tail, to_frames
 from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, STREAM_ID_TOOLTIP, LoadedModel, ModelType,
                      PromptSchedule, TextType, check_model_latent)
 from .streaming import STREAMS, StreamEntry, check_editor_settings, current_job, part
@@ -68,8 +68,7 @@ class STLEEncode(io.ComfyNode):
         entry = _open(model, stream_id, chunk_index)
         if entry is None:
             cache = m.stle.new_cache()
-            if n % stride:  # whole clip: pad the tail by repeating the last frame, as flush does
-                frames = torch.cat([frames, frames[-1:].expand(stride - n % stride, -1, -1, -1)])
+            frames = pad_tail(frames, stride)  # whole clip: the tail padded as flush pads it
         else:
             if n % stride:
                 raise ValueError(f"stream {stream_id!r}: a chunk must hold a multiple of {stride} "

@@ -96,6 +96,13 @@ def to_frames(frames: Any) -> Tensor:
     return frames.clamp(0.0, 1.0)
 
 
+def pad_tail(frames: Tensor, multiple: int) -> Tensor:
+    """frames [T, ...] padded to a multiple of `multiple` frames by repeating the last one: the
+    STLE takes whole latent frames (4 video frames); callers trim the output back to T."""
+    pad = -frames.shape[0] % multiple
+    return torch.cat([frames, frames[-1:].expand(pad, *frames.shape[1:])]) if pad else frames
+
+
 def _clone(obj: Any) -> Any:
     """Deep copy of nested dicts/lists of tensors (snapshots must not share storage)."""
     if isinstance(obj, Tensor):
@@ -194,10 +201,8 @@ class StreamEditor:
         in flight, return the rest of the output trimmed to the frames fed, then `reset()`."""
         with torch.inference_mode():
             outs = []
-            k = self._pending.shape[0]
-            if k:
-                pad = self._pending[-1:].expand(self._tstride - k, -1, -1, -1)
-                outs.append(self._process(torch.cat([self._pending, pad])))
+            if self._pending.shape[0]:
+                outs.append(self._process(pad_tail(self._pending, self._tstride)))
                 self._pending = self._pending[:0]
             while self._state.n_inflight:
                 outs.append(self._decode(self.sampler.drain(self._state, *self._texts_for_step())))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..pipeline import StreamEditor
+from ..pipeline import StreamEditor, pad_tail
 from ..sampler import sample_offline
 from .benchmark import Pair
 from .classifier import EditClassifier
@@ -40,9 +40,7 @@ def edit_offline(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int =
     steps over all latent frames at once, decode. Frames [T, H, W, 3] float32 on the CPU."""
     src = pair.source
     t = src.shape[0]
-    stride = model.config.temporal_stride
-    pad = (-t) % stride  # the STLE needs whole latent frames: repeat the last frame
-    x = torch.cat([src, src[-1:].expand(pad, -1, -1, -1)]) if pad else src
+    x = pad_tail(src, model.config.temporal_stride)  # whole latent frames, as StreamEditor.flush
     x = x.permute(3, 0, 1, 2).unsqueeze(0).to(model.device, model.dtype)  # [1, 3, T, H, W]
     latents = model.stle.encode(x)
     text = text_encoder.encode([pair.prompt])
