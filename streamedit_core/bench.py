@@ -547,6 +547,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cuda_graphs and device.type != "cuda":
         raise ValueError(f"--cuda-graphs needs CUDA; the device is {device}")
     densities = _densities(args.densities)
+    from .pipeline import check_frame_size
+    check_frame_size(config, args.size, args.size)
     applies = device.type == "cuda" and args.preset == "2b" and args.size == 512
     results: dict[str, Any] = {}
     targets: dict[str, Any] = {}
