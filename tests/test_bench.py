@@ -83,6 +83,7 @@ def test_stream_mode_latency_fps_first_frame(tmp_path, capsys):
     check_envelope(d)
     st = d["results"]["stream"]
     assert st["frames_fed"] == 24 and len(st["chunk_ms"]) == 6
+    assert 0 <= st["history_frames_at_end"] <= st["window_max"]
     # 2 steps: the first chunk only fills the buffer, each later chunk gives 4 frames
     assert st["frames_out"] == 20 and st["steady_chunks"] == 4
     assert st["fps"] > 0 and st["fps_whole_stream"] > 0
