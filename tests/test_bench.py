@@ -136,6 +136,8 @@ def test_cuda_graphs_on_cpu_is_a_clear_error(tmp_path, capsys):
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--size", "60"], "frame size (height x width) 60 x 60 is not supported"),
     (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--frames", "20", "--steps", "6"], "--frames 20 gives no output with 6 steps: the first "
+                                         "edited frames come after 24 frames"),
     (["--name", "a/b"], "--name must be a plain file name, got 'a/b'"),
     (["--dtype", "bf16", "--device", "cuda:0"], "CUDA is not available"),
 ])
