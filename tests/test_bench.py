@@ -169,16 +169,19 @@ def test_help_in_a_subprocess():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_paths_on_tiny(tmp_path):
-    """Every CUDA path at a small size: compiled flex, events, compile + CUDA graphs, breakdown."""
-    d = run_bench(tmp_path, "all", "--preset", "tiny", "--size", "64", "--frames", "24",
-                  "--steps", "2", "--warmup", "1", "--iters", "3", "--text", "random",
-                  "--compile", "--cuda-graphs", "--breakdown")
+def test_cuda_paths_at_small_sizes(tmp_path):
+    """Every CUDA path at a small size: CUDA events, compiled flex on the same mask (the demo
+    preset: head dim 64, blocks of 64), compile + CUDA graphs + per-stage events (tiny)."""
+    d = run_bench(tmp_path / "a", "attention", "--preset", "demo", "--size", "128", "--iters", "3")
     assert d["device"]["type"] == "cuda" and d["args"]["dtype"] == "bf16"
     for r in d["results"]["attention"]["rows"]:
         assert r["flex"].get("ms", 0) > 0, r["flex"]
-        assert r["flex_max_abs_diff_vs_ours"] < 0.05  # bf16
+        assert r["flex_max_abs_diff_vs_ours"] < 0.05  # bf16 rounding
+    d = run_bench(tmp_path / "s", "stream", "--preset", "tiny", "--size", "64", "--frames", "24",
+                  "--steps", "2", "--warmup", "1", "--text", "random", "--compile", "--cuda-graphs",
+                  "--breakdown")
     st = d["results"]["stream"]
     assert st["cuda_graphs"] and st["fps"] > 0 and st["chunk_ms_p50"] <= st["chunk_ms_p95"]
     assert st["peak_memory_kind"] == "torch.cuda.max_memory_allocated"
     assert st["peak_memory_gb"] >= st["weights_gb"]
+    assert all(v > 0 for v in st["stage_ms_per_chunk"].values())
