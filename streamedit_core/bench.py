@@ -266,15 +266,25 @@ def attention_targets(result: dict[str, Any], applies: bool) -> dict[str, Any]:
 
 
 # --- stream --------------------------------------------------------------------------------
-def moving_pattern(size: int, frames: int, seed: int = 0) -> torch.Tensor:
-    """uint8 [frames, size, size, 3]: smooth random colours drifting diagonally (1 px/frame),
-    like a slow camera pan; the editor's input as a camera would deliver it."""
+def pattern_texture(size: int, seed: int = 0) -> torch.Tensor:
+    """uint8 [size, size, 3]: smooth random colour waves, periodic over `size` pixels (integer
+    frequencies), so a pan across it loops without a seam (a seam would look like a scene cut
+    to the ASW window and shrink it)."""
     g = torch.Generator().manual_seed(seed)
-    n = -(-size // 16) + 2  # cells of 16 px: the size plus 32 px of travel
-    cells = torch.rand(1, 3, n, n, generator=g)
-    base = torch.nn.functional.interpolate(cells, scale_factor=16, mode="bilinear")[0]  # [3, S+32, S+32]
-    base = (base.permute(1, 2, 0) * 255).to(torch.uint8)
-    return torch.stack([base[i % 32:i % 32 + size, i % 32:i % 32 + size] for i in range(frames)])
+    pos = torch.arange(size) * (2 * math.pi / size)
+    y, x = pos[:, None, None], pos[None, :, None]  # broadcast to [size, size, 3]
+    img = torch.full((size, size, 3), 0.5)
+    for _ in range(3):  # three waves per channel, each within +-1/6
+        kx, ky = (torch.randint(1, 5, (3,), generator=g) for _ in range(2))
+        phase = torch.rand(3, generator=g) * 2 * math.pi
+        img += torch.sin(kx * x + ky * y + phase) / 6
+    return (img * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def pan(texture: torch.Tensor, start: int, frames: int) -> torch.Tensor:
+    """Frames start .. start + frames - 1 of a diagonal pan (1 px per frame) over a periodic
+    texture: uint8 [frames, H, W, 3], as a camera would deliver them."""
+    return torch.stack([texture.roll((start + i, start + i), dims=(0, 1)) for i in range(frames)])
 
 
 class StageTimer:
@@ -330,7 +340,7 @@ def compile_dit(model, *, cuda_graphs: bool) -> None:
     dit.forward = forward
 
 
-def build_text(config: ModelConfig, text: str, device: torch.device):
+def build_text(config: ModelConfig, text: str):
     """(encoder, description). "auto": the built-in MiniLM where the preset's members fit it,
     else fixed random token states of the members' shapes (`RandomText`)."""
     from .text import TextEnsemble
@@ -356,9 +366,14 @@ def _peak_memory_gb(device: torch.device) -> tuple[float, str]:
 def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, backend: str | None,
                  device: torch.device, dtype: torch.dtype, compile: bool = False,
                  cuda_graphs: bool = False, breakdown: bool = False, text: str = "auto",
-                 warmup: int = 5, seed: int = 0) -> dict[str, Any]:
+                 history: int | None = None, warmup: int = 5, seed: int = 0) -> dict[str, Any]:
     """Feed `frames` frames in chunks of one latent frame (after a warm-up stream that is
-    thrown away: compilation, allocator, cuDNN autotuning) and time every chunk."""
+    thrown away: compilation, allocator, cuDNN autotuning) and time every chunk.
+
+    history: clean history frames, pinned (window_min = window_max = history; default the
+    preset's window_max): the ASW's largest window, so the cost does not depend on the content,
+    and the DiT sees one shape in steady state (one CUDA graph).
+    """
     from .model import StreamEditModel
     from .pipeline import StreamEditor, check_frame_size
 
@@ -376,19 +391,20 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
     model = StreamEditModel.from_preset(config.name, seed=seed, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
-    encoder, text_desc = build_text(config, text, device)
+    encoder, text_desc = build_text(config, text)
     if compile or cuda_graphs:
         compile_dit(model, cuda_graphs=cuda_graphs)
     stages = StageTimer(model, device) if breakdown else None
+    history = config.sampler.window_max if history is None else history
     editor = StreamEditor(model, encoder, "make it a watercolor painting", seed=seed, steps=steps,
-                          cfg_scale=1.0, attention=backend)
+                          cfg_scale=1.0, window_min=history, window_max=history, attention=backend)
 
-    chunks = list(moving_pattern(size, 8 * stride, seed).split(stride))  # 8 chunks, cycled
-    # warm-up: fill the buffer, grow the window to its cap, then `warmup` steady chunks
-    warm_chunks = steps + editor.sampler_config.window_max + warmup
+    texture = pattern_texture(size, seed)
+    # warm-up: fill the buffer, then `warmup` steady chunks
+    warm_chunks = steps + warmup
     t0 = time.perf_counter()
     for i in range(warm_chunks):
-        editor.feed(chunks[i % len(chunks)])
+        editor.feed(pan(texture, i * stride, stride))
     editor.reset()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -397,37 +413,35 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
         stages.clear()
 
     n_chunks = math.ceil(frames / stride)
-    latency_ms, outs, first_frame_s = [], [], None
-    start = time.perf_counter()
+    latency_ms, outs = [], []
     for i in range(n_chunks):
+        chunk = pan(texture, i * stride, stride)  # made before the clock starts
         t0 = time.perf_counter()
-        out = editor.feed(chunks[i % len(chunks)])  # frames come back on the host: synced
+        out = editor.feed(chunk)  # frames come back on the host: synced
         if device.type == "cuda":
-            torch.cuda.synchronize(device)  # warm-up chunks return nothing, so sync explicitly
-        now = time.perf_counter()
-        latency_ms.append((now - t0) * 1e3)
+            torch.cuda.synchronize(device)  # buffer warm-up chunks return nothing: sync explicitly
+        latency_ms.append((time.perf_counter() - t0) * 1e3)
         outs.append(out.shape[0])
-        if first_frame_s is None and out.shape[0]:
-            first_frame_s = now - start
-    total_s = time.perf_counter() - start
     history_end = int(editor.stream_state.history_len)  # the ASW window depends on the content
     stage_ms = stages.totals_ms() if stages is not None else None
     peak_gb, peak_kind = _peak_memory_gb(device)
 
     # steady state: from the first chunk that produced frames on (buffer full)
     first_out = next(i for i, n in enumerate(outs) if n)  # exists: frames >= steps * stride
+    first_frame_s = sum(latency_ms[:first_out + 1]) * 1e-3  # feeding time until frames come out
     steady = latency_ms[first_out + 1:] or latency_ms[first_out:]
     steady_frames = stride * len(steady)
     result = {
         "size": [size, size], "frames_fed": n_chunks * stride, "frames_out": sum(outs),
         "chunk_frames": stride, "steps": steps, "backend": backend or config.dit.attention,
-        "window_max": editor.sampler_config.window_max, "history_frames_at_end": history_end,
+        "history_frames": history, "history_frames_at_end": history_end,
+        "window_frames": history + steps,
         "text": text_desc,
         "compile": compile, "cuda_graphs": cuda_graphs,
         "model_build_s": build_s, "warmup_s": warmup_s, "warmup_chunks": warm_chunks,
         "weights_gb": weights_gb,
         "fps": steady_frames / (sum(steady) * 1e-3),
-        "fps_whole_stream": sum(outs) / total_s,
+        "fps_whole_stream": sum(outs) / (sum(latency_ms) * 1e-3),
         "chunk_ms_p50": percentile(steady, 50), "chunk_ms_p95": percentile(steady, 95),
         "chunk_ms_max": max(steady), "steady_chunks": len(steady),
         "time_to_first_frame_s": first_frame_s,
@@ -523,6 +537,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="stream: time STLE encode / DiT / decode separately (event stamps per call)")
     p.add_argument("--text", default="auto", choices=("auto", "builtin", "random"),
                    help="stream: prompt encoder; auto = built-in MiniLM where the preset fits it")
+    p.add_argument("--history", type=int, default=None,
+                   help="stream: clean history latent frames, pinned (default: the preset's window_max, "
+                        "2 for 2b: a window of 2 + steps frames)")
     p.add_argument("--window", type=int, default=8, help="attention: latent frames in the window")
     p.add_argument("--densities", default="12.5,25,50,100", help="attention: DSA densities in percent")
     p.add_argument("--flex", default="compiled", choices=("compiled", "eager", "off"),
@@ -530,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=20, help="attention: timed calls per backend (median)")
     p.add_argument("--warmup", type=int, default=5,
                    help="untimed calls per attention backend; stream: untimed chunks after the buffer "
-                        "is full and the window at its cap (then a new stream is timed)")
+                        "is full (then a new stream is timed)")
     p.add_argument("--dtype", default=None, choices=("bf16", "fp32"), help="default: bf16 on CUDA, else fp32")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0)
@@ -558,6 +575,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("size", "frames", "steps", "window", "iters"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("warmup", "history"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     if args.cuda_graphs and device.type != "cuda":
         raise ValueError(f"--cuda-graphs needs CUDA; the device is {device}")
     densities = _densities(args.densities)
@@ -577,7 +597,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          backend=args.backend, device=device, dtype=dtype,
                                          compile=args.compile, cuda_graphs=args.cuda_graphs,
                                          breakdown=args.breakdown, text=args.text,
-                                         warmup=args.warmup, seed=args.seed)
+                                         history=args.history, warmup=args.warmup, seed=args.seed)
         targets["stream"] = stream_targets(results["stream"], applies)
     name = args.name or f"{args.mode}-{args.preset}-{args.size}-{device.type}"
     return {

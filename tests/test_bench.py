@@ -83,12 +83,14 @@ def test_stream_mode_latency_fps_first_frame(tmp_path, capsys):
     check_envelope(d)
     st = d["results"]["stream"]
     assert st["frames_fed"] == 24 and len(st["chunk_ms"]) == 6
-    assert 0 <= st["history_frames_at_end"] <= st["window_max"]
+    # the history is pinned to the preset's window_max (4 for tiny): window = 4 + 2 steps
+    assert st["history_frames"] == st["history_frames_at_end"] == 4 and st["window_frames"] == 6
     # 2 steps: the first chunk only fills the buffer, each later chunk gives 4 frames
     assert st["frames_out"] == 20 and st["steady_chunks"] == 4
     assert st["fps"] > 0 and st["fps_whole_stream"] > 0
     assert 0 < st["chunk_ms_p50"] <= st["chunk_ms_p95"] <= st["chunk_ms_max"]
-    assert 0 < st["time_to_first_frame_s"] <= sum(st["chunk_ms"]) / 1e3
+    # the first frames come out of the 2nd feed: its and the 1st feed's time
+    assert st["time_to_first_frame_s"] == pytest.approx(sum(st["chunk_ms"][:2]) / 1e3)
     assert st["peak_memory_gb"] > 0 and "RSS" in st["peak_memory_kind"]
     assert set(st["stage_ms_per_chunk"]) == {"stle_encode", "dit", "stle_decode"}
     assert all(v > 0 for v in st["stage_ms_per_chunk"].values())
@@ -103,22 +105,29 @@ def test_text_auto_builtin_only_where_the_preset_fits():
     from streamedit_core.config import get_preset
     from streamedit_core.text import TextEnsemble
 
-    enc, desc = bench.build_text(get_preset("tiny"), "auto", torch.device("cpu"))
+    enc, desc = bench.build_text(get_preset("tiny"), "auto")
     assert isinstance(enc, TextEnsemble) and desc.startswith("builtin MiniLM")
-    enc, desc = bench.build_text(get_preset("2b"), "auto", torch.device("cpu"))
+    enc, desc = bench.build_text(get_preset("2b"), "auto")
     emb = enc.encode(["make it a watercolor painting"])
     members = get_preset("2b").dit.text_members
     assert [tuple(s.shape[1:]) for s in emb.states] == [(m.max_tokens, m.dim) for m in members]
     with pytest.raises(ValueError, match="sentence"):
-        bench.build_text(get_preset("2b"), "builtin", torch.device("cpu"))
+        bench.build_text(get_preset("2b"), "builtin")
 
 
-def test_percentile_and_moving_pattern():
+def test_percentile_and_pan():
     assert bench.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert bench.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
-    frames = bench.moving_pattern(40, 5)
+    texture = bench.pattern_texture(40)
+    frames = bench.pan(texture, 3, 5)
     assert frames.shape == (5, 40, 40, 3) and frames.dtype == torch.uint8
-    assert torch.equal(frames[1, :-1, :-1], frames[0, 1:, 1:])  # 1 px diagonal drift per frame
+    assert frames.float().std() > 20  # a pattern, not a flat image
+    assert torch.equal(frames[1, 1:, 1:], frames[0, :-1, :-1])  # 1 px diagonal drift per frame
+    # periodic: one full period later the pan is back where it was, no seam in between
+    assert torch.equal(bench.pan(texture, 43, 1)[0], frames[0])
+    step = (frames[1:].float() - frames[:-1].float()).abs().mean()
+    wrap = (bench.pan(texture, 39, 2).float().diff(dim=0)).abs().mean()
+    assert wrap < 2 * step
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error")
@@ -136,6 +145,7 @@ def test_cuda_graphs_on_cpu_is_a_clear_error(tmp_path, capsys):
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--size", "60"], "frame size (height x width) 60 x 60 is not supported"),
     (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--history", "-1"], "--history must be >= 0, got -1"),
     (["--frames", "20", "--steps", "6"], "--frames 20 gives no output with 6 steps: the first "
                                          "edited frames come after 24 frames"),
     (["--name", "a/b"], "--name must be a plain file name, got 'a/b'"),
@@ -144,7 +154,7 @@ def test_cuda_graphs_on_cpu_is_a_clear_error(tmp_path, capsys):
 def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
     if "cuda:0" in args and torch.cuda.is_available():
         pytest.skip("checks the no-CUDA error")
-    mode = "stream" if "--size" in args or "--frames" in args else "attention"
+    mode = "stream" if {"--size", "--frames", "--history"} & set(args) else "attention"
     rc = cli_main(["bench", mode, "--preset", "tiny", *args, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err, err
