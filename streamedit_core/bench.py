@@ -496,7 +496,7 @@ def format_tables(result: dict[str, Any]) -> str:
             vs = f"{r['ours_speedup_vs_flex']:7.2f}" if "ours_speedup_vs_flex" in r else f"{'n/a':>7}"
             lines.append(f"{r['density']:8.3f} {r['kept']:6.3f} {r['dense']['ms']:9.3f} {fx} "
                          f"{r['ours']['ms']:9.3f} {r['ours_speedup_vs_dense']:8.2f} {vs}")
-        err = att["rows"][0]["flex"].get("error") if att["rows"] else None
+        err = next((r["flex"]["error"] for r in att["rows"] if "error" in r["flex"]), None)
         if err:
             lines.append(f"flex: {err}")
     st = result["results"].get("stream")
