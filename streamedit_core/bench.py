@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
+from .files import publish
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +477,7 @@ def write_json_atomic(obj: dict[str, Any], path: Path) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, allow_nan=False)
             f.write("\n")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise

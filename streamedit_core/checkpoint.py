@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
+from .files import publish
 from .model import StreamEditModel
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def save_checkpoint(model: StreamEditModel, path: str | os.PathLike,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

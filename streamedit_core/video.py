@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import publish
+
 log = logging.getLogger(__name__)
 
 # encoders that take a constant-rate-factor quality setting
@@ -226,7 +228,7 @@ class VideoWriter:
         if self.frames_written == 0:
             self._abort()
             raise ValueError(f"no frames were written to {str(self.path)!r}; nothing saved")
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         self._tmp = None
         log.info("wrote %d frames to %s", self.frames_written, self.path)
 

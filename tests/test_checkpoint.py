@@ -211,3 +211,13 @@ def test_header_size_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
     loaded = load_checkpoint(path)
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """The atomic temp-file route must not leave checkpoints readable by their owner only."""
+    import os
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(StreamEditModel.from_preset("tiny", seed=0), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
