@@ -29,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
-from .files import publish
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -472,16 +471,7 @@ def stream_targets(result: dict[str, Any], applies: bool) -> dict[str, Any]:
 # --- output --------------------------------------------------------------------------------
 def write_json_atomic(obj: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        publish(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def format_tables(result: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import write_atomic
 from .metrics import COLUMNS
 
 GUTTER = 2  # pixels of white between the tiles of the contact sheet
@@ -24,8 +25,7 @@ GUTTER = 2  # pixels of white between the tiles of the contact sheet
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the evaluation result (summary, per-pair rows, settings) as indented JSON."""
     path = Path(path)
-    path.write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    return path
+    return write_atomic(path, json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _cell(v: Any) -> str:
@@ -61,8 +61,7 @@ def write_markdown(result: dict[str, Any], path: str | os.PathLike) -> Path:
         lines += [f"| {r['pair']} | {r['family']} | {r['prompt']} | {r['predicted']} | "
                   + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
         lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+    return write_atomic(path, "\n".join(lines))
 
 
 def write_png(image: Tensor | np.ndarray, path: str | os.PathLike) -> Path:
@@ -78,8 +77,7 @@ def write_png(image: Tensor | np.ndarray, path: str | os.PathLike) -> Path:
     frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
     packets = list(codec.encode(frame)) + list(codec.encode(None))
     path = Path(path)
-    path.write_bytes(b"".join(bytes(p) for p in packets))
-    return path
+    return write_atomic(path, b"".join(bytes(p) for p in packets))
 
 
 def contact_sheet(rows: list[tuple[Tensor, ...]]) -> Tensor:
