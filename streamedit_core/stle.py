@@ -1,6 +1,7 @@
 """STLE: the causal spatio-temporal latent autoencoder (4x in time, 8x in space, 12 channels).
 
-Video frames `[B, 3, T, H, W]` in `[0, 1]` <-> latents `[B, 12, T/4, H/8, W/8]`, after the
+Video frames `[B, 3, T, H, W]` in `[0, 1]` <-> latents `[B, 12, T/4, H/8, W/8]` (12 =
+`latent_channels`: the paper's 12; the demo preset has 96), after the
 Movie Gen temporal autoencoder (https://arxiv.org/abs/2410.13720, section 3.1.1) made causal in
 time, as in CV-VAE / MAGVIT-v2 (https://arxiv.org/abs/2310.05737): every convolution over time
 sees only the current and earlier frames, so a stream can be coded chunk by chunk.
@@ -22,6 +23,14 @@ Clip lengths: `encode` requires `T % 4 == 0`. A clip whose length is not a multi
 caller's job: the pipeline pads the tail by repeating the last frame up to the next multiple of
 4, and trims the decoded output back to the input length. Because the model is causal, the
 padding changes none of the frames before it.
+
+Linear path. Besides the convolutional encoder and decoder, a linear map runs from every
+block of 4 x 8 x 8 pixels straight to its latent pixel and back (space-to-depth, a 1x1x1 conv;
+the residual autoencoding of DC-AE, https://arxiv.org/abs/2410.10733, in its simplest form).
+`init_linear_path` sets it to the data's principal components and zeroes the convolutional
+branches' last layers, so training starts from the best linear autoencoder (PCA) instead of
+from noise, and the convolutions learn what a linear code misses. Its blocks are aligned to
+the strides, so chunked coding stays exact.
 
 The autoencoder is deterministic (no KL sampling); latents are normalised with the buffers
 `latent_mean` / `latent_std` (per channel; 0 / 1 until training measures them), stored in the
@@ -192,6 +201,22 @@ class Upsample(nn.Module):
         return self.conv(x, cache)
 
 
+# --- Linear path ---------------------------------------------------------------------------
+
+def space_to_depth(x: Tensor, t: int, s: int) -> Tensor:
+    """[B, C, T, H, W] -> [B, C*t*s*s, T/t, H/s, W/s]: each t x s x s block becomes one pixel."""
+    b, c, T, H, W = x.shape
+    x = x.reshape(b, c, T // t, t, H // s, s, W // s, s).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * t * s * s, T // t, H // s, W // s)
+
+
+def depth_to_space(x: Tensor, c: int, t: int, s: int) -> Tensor:
+    """Inverse of `space_to_depth`: [B, c*t*s*s, T, H, W] -> [B, c, T*t, H*s, W*s]."""
+    b, _, T, H, W = x.shape
+    x = x.reshape(b, c, t, s, s, T, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c, T * t, H * s, W * s)
+
+
 # --- Encoder / decoder ---------------------------------------------------------------------
 
 class Encoder(nn.Module):
@@ -213,8 +238,12 @@ class Encoder(nn.Module):
         self.mid = ResBlock(prev, prev, kt, **kw)
         self.norm_out = ChannelRMSNorm(prev, device=device, dtype=dtype)
         self.conv_out = CausalConv3d(prev, cfg.latent_channels, kt, **kw)
+        self.strides = (cfg.temporal_stride, cfg.spatial_stride)
+        block = cfg.in_channels * cfg.temporal_stride * cfg.spatial_stride ** 2
+        self.patch_in = ops.Conv3d(block, cfg.latent_channels, 1, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, cache: CausalCache | None) -> Tensor:
+        linear = self.patch_in(space_to_depth(x, *self.strides))  # [B, 12, T/4, H/8, W/8]
         h = self.conv_in(x, cache)  # [B, c0, T, H, W]
         for level in self.levels:
             for block in level.blocks:
@@ -222,7 +251,7 @@ class Encoder(nn.Module):
             if level.down is not None:
                 h = level.down(h)
         h = self.mid(h, cache)  # [B, c_last, T/4, H/8, W/8]
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
+        return linear + self.conv_out(F.silu(self.norm_out(h)), cache)
 
 
 class Decoder(nn.Module):
@@ -245,15 +274,19 @@ class Decoder(nn.Module):
             self.levels.append(level)
         self.norm_out = ChannelRMSNorm(prev, device=device, dtype=dtype)
         self.conv_out = CausalConv3d(prev, cfg.in_channels, kt, **kw)
+        self.strides = (cfg.temporal_stride, cfg.spatial_stride)
+        block = cfg.in_channels * cfg.temporal_stride * cfg.spatial_stride ** 2
+        self.patch_out = ops.Conv3d(cfg.latent_channels, block, 1, device=device, dtype=dtype)
 
     def forward(self, z: Tensor, cache: CausalCache | None) -> Tensor:
+        linear = depth_to_space(self.patch_out(z), self.conv_out.spatial.out_channels, *self.strides)
         h = self.mid(self.conv_in(z, cache), cache)  # [B, c_last, t, h, w]
         for level in self.levels:
             for block in level.blocks:
                 h = block(h, cache)
             if level.up is not None:
                 h = level.up(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)  # [B, 3, 4t, 8h, 8w]
+        return linear + self.conv_out(F.silu(self.norm_out(h)), cache)  # [B, 3, 4t, 8h, 8w]
 
 
 # --- Model ---------------------------------------------------------------------------------
@@ -367,6 +400,30 @@ class STLE(nn.Module):
         x = self.decoder(latents.to(dt) * std + mean, cache)  # [B, 3, 4t, 8h, 8w] in ~[-1, 1]
         x = (x + 1.0) * 0.5
         return x.clamp(0.0, 1.0) if clamp else x
+
+    @torch.no_grad()
+    def init_linear_path(self, frames: Tensor) -> None:
+        """Start training from PCA: the linear path gets the top principal components of the
+        pixel blocks of `frames` [B, 3, T, H, W] in [0, 1], and the last conv of each branch is
+        zeroed, so encode/decode start as the best linear code of that data."""
+        enc, dec, k = self.encoder, self.decoder, self.cfg.latent_channels
+        blocks = space_to_depth(frames.float() * 2 - 1, *enc.strides)  # [B, D, t, h, w]
+        rows = blocks.permute(0, 2, 3, 4, 1).reshape(-1, blocks.shape[1])  # [N, D]
+        if rows.shape[0] < k:
+            raise ValueError(f"init_linear_path: {rows.shape[0]} pixel blocks, need at least "
+                             f"latent_channels={k}; pass more or larger frames")
+        mean = rows.mean(0)
+        _, _, v = torch.linalg.svd(rows - mean, full_matrices=False)
+        basis = v[:k]  # [k, D], orthonormal rows
+        w = enc.patch_in.weight
+        w.copy_(basis.view(k, -1, 1, 1, 1).to(w.dtype))
+        enc.patch_in.bias.copy_((-basis @ mean).to(w.dtype))
+        dec.patch_out.weight.copy_(basis.t().reshape(-1, k, 1, 1, 1).to(w.dtype))
+        dec.patch_out.bias.copy_(mean.to(w.dtype))
+        for conv in (enc.conv_out, dec.conv_out):
+            last = conv.temporal if conv.temporal is not None else conv.spatial
+            last.weight.zero_()
+            last.bias.zero_()
 
     def forward(self, frames: Tensor) -> Tensor:
         """Reconstruction of a whole clip for training: decode(encode(frames)), unclamped."""

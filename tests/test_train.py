@@ -96,16 +96,25 @@ def test_dit_training_reduces_the_loss_with_the_real_text_encoder(tmp_path, mini
     assert {"loss", "lr", "flow", "temporal", "samples_per_s", "memory_mb", "skipped_rows"} <= set(rows[-1])
 
 
-def test_stle_training_reduces_the_loss(tmp_path):
+def test_stle_training_reduces_the_loss_and_starts_at_pca(tmp_path):
+    from streamedit_core.checkpoint import load_checkpoint, save_checkpoint
+    from streamedit_core.model import StreamEditModel
+
     data = DataConfig(frames=8, size=16, length=1, identity_fraction=0.0)
-    tr = Trainer(_cfg(tmp_path, task="stle", global_batch=1, data=data, lr=3e-3))
+    # From random weights (an init checkpoint: no PCA start), 50 steps cut the loss.
+    init = tmp_path / "random.safetensors"
+    save_checkpoint(StreamEditModel.from_preset("tiny", seed=0), init)
+    tr = Trainer(_cfg(tmp_path, task="stle", global_batch=1, data=data, lr=3e-3,
+                      init_checkpoint=str(init)))
     before = _fixed_loss(tr)
     path = tr.run()
     after = _fixed_loss(tr)
     assert after < 0.85 * before, (before, after)
-    from streamedit_core.checkpoint import load_checkpoint
     stle = load_checkpoint(path).stle
     assert not torch.allclose(stle.latent_std, torch.ones_like(stle.latent_std))  # statistics set
+    # From scratch the STLE starts at PCA of the data: below where those 50 steps ended.
+    fresh = Trainer(_cfg(tmp_path, task="stle", global_batch=1, data=data, out_dir=str(tmp_path / "pca")))
+    assert _fixed_loss(fresh) < after
 
 
 # --- resume -----------------------------------------------------------------------------------

@@ -127,6 +127,9 @@ class Trainer:
         else:
             self.model = StreamEditModel.from_preset(cfg.preset, seed=cfg.seed, device=dev)
         self.model.requires_grad_(False).eval()
+        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        if cfg.task == "stle" and not cfg.init_checkpoint:  # from scratch: start at PCA
+            init_linear_path(self.model.stle, self.dataset)
         if cfg.task == "stle":
             self.trained: nn.Module = self.model.stle
             objective: nn.Module = STLEObjective(self.model.stle)
@@ -147,8 +150,7 @@ class Trainer:
                                            weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
         self.ema = ({n: p.detach().clone().float() for n, p in self.params} if cfg.ema_decay > 0 else None)
 
-        # 2. Data and text (the prompts of the data set are encoded once, here).
-        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        # 2. Text (the prompts of the data set are encoded once, here).
         self.text = None
         if cfg.task != "stle":
             encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
@@ -425,6 +427,15 @@ class Trainer:
         meta = {"train_config": self.cfg.to_json(), "step": self.step}
         save_checkpoint(model, path, extra_metadata=meta)
         return path
+
+
+@torch.no_grad()
+def init_linear_path(stle: nn.Module, dataset, samples: int = 32) -> None:
+    """PCA start for a new STLE (see `STLE.init_linear_path`), fitted on the first `samples`
+    data items, sources and edited targets both (the STLE codes the edited video too)."""
+    items = [dataset[p] for p in range(min(samples, len(dataset)))]
+    frames = torch.stack([i[k] for i in items for k in ("source", "target")])
+    stle.init_linear_path(frames.to(stle.latent_std.device))
 
 
 @torch.no_grad()
