@@ -270,7 +270,8 @@ class StreamEditDiT(nn.Module):
                 attention: str | None = None) -> Tensor:
         """Predict the velocity v = eps - x0 for every frame of the window.
 
-        x     [B, 12, T, h, w] the window: clean history frames (t == 0), then in-flight frames
+        x     [B, 12, T, h, w] the window (12 = latent_channels): clean history frames (t == 0),
+              then in-flight frames
         t     [B, T] float noise level in [0, 1] of each latent frame
         cond  [B, 12, T, h, w] the source video's latents for the same frames
         text  TextEmbedding with batch B (all-False masks = the null prompt)
