@@ -34,12 +34,14 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from streamedit_core.train.config import TrainConfig  # noqa: E402
+from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
 STAGES = ("stle", "dit", "distill")
-SHARES = {"stle": 0.3, "dit": 0.5, "distill": 0.2}  # of the training budget
+# Of the training budget. The STLE starts at PCA (STLE.init_linear_path), so its stage is short.
+SHARES = {"stle": 0.15, "dit": 0.6, "distill": 0.25}
+LATENT_SAMPLES = 800  # pairs encoded once by the stage-1 STLE for the DiT and distill stages
 CALIBRATION_STEPS = 2  # timed steps of a throwaway trainer; the last one counts
 # Steps ran ~15% slower than the calibration step on the shared 2-core machine (2026-11-23:
 # DiT 1.98 s/step against 1.69 s calibrated), so the step count leaves that much room.
@@ -61,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (default: all; later stages need earlier ones)")
     p.add_argument("--export", default=None, help=f"exported checkpoint (default: OUT/{EXPORT_NAME})")
+    p.add_argument("--latent-samples", type=int, default=LATENT_SAMPLES,
+                   help=f"training pairs pre-encoded for the DiT stages (default {LATENT_SAMPLES})")
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N test pairs")
     p.add_argument("--eval-checkpoint", default=None,
                    help="skip training and export: evaluate this checkpoint (e.g. a stage's model)")
@@ -77,6 +81,24 @@ def stage_config(stage: str, config_dir: Path, out: Path, init: Path | None) -> 
     if init is not None:
         changes["init_checkpoint"] = str(init)
     return cfg.replace(**changes)
+
+
+def encode_latents(cfg: TrainConfig, stle_checkpoint: Path, folder: Path, count: int) -> DataConfig:
+    """Encode `count` pairs of `cfg`'s synthetic data with the stage-1 STLE into latent shards
+    (once: a folder with `done.json` is reused), so the DiT stages never run the STLE per step.
+    Returns the data config that reads them."""
+    from streamedit_core.train.data import encode_latent_shards
+    from streamedit_core.train.trainer import build_dataset
+
+    done = folder / "done.json"
+    if not done.is_file():
+        t0 = time.perf_counter()
+        stle = load_checkpoint(stle_checkpoint, dtype=torch.float32).stle
+        encode_latent_shards(stle, build_dataset(cfg), folder, count)
+        seconds = time.perf_counter() - t0
+        done.write_text(json.dumps({"samples": count, "seconds": round(seconds, 1), "data": dataclasses.asdict(cfg.data)}))
+        log.info("encoded %d training pairs in %.0f s -> %s", count, seconds, folder)
+    return DataConfig(kind="latents", path=str(folder))
 
 
 def seconds_per_step(cfg: TrainConfig) -> float:
@@ -269,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         if prev is not None and not prev.is_file():
             raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
+        if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE
+            cfg = cfg.replace(data=encode_latents(cfg, out / "stle" / "model.safetensors",
+                                                  out / "latents", args.latent_samples))
         share = SHARES[stage] / sum(SHARES[s] for s in stages[stages.index(stage):])
         left = max(0.0, deadline - time.perf_counter())
         init = run_stage(stage, cfg, left * share)

@@ -47,12 +47,18 @@ def test_flicker() -> None:
 
 def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5", "--no-eval"]
+    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5",
+            "--latent-samples", "8", "--no-eval"]
     assert train_demo.main(argv) == 0
     for stage in train_demo.STAGES:
         summary = json.loads((out / stage / "stage.json").read_text())
         assert summary["steps"] == 3  # the config's cap, under a budget that allows more
         assert len((out / stage / "metrics.jsonl").read_text().splitlines()) == 1
+    # The DiT stages train on latents that stage 1's STLE encoded once.
+    assert json.loads((out / "latents" / "done.json").read_text())["samples"] == 8
+    for stage in ("dit", "distill"):
+        data = json.loads((out / stage / "stage.json").read_text())["config"]["data"]
+        assert data == {**data, "kind": "latents", "path": str(out / "latents")}
     # Each stage starts from the one before: the DiT stage keeps stage 1's STLE.
     stle = load_checkpoint(out / "stle" / "model.safetensors")
     dit = load_checkpoint(out / "dit" / "model.safetensors")
