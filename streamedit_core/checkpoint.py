@@ -91,7 +91,10 @@ def _looks_like_pickle(path: Path, head: bytes) -> bool:
         return True
     if _plausible_safetensors(path, head):
         return False
-    return head[:1] == b"\x80" or path.suffix.lower() in _PICKLE_SUFFIXES
+    # A pickle goes on with its protocol number (2..5) and more opcodes; a (truncated)
+    # safetensors header size below 4 GiB has zeros in its upper four bytes.
+    pickle_opcodes = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    return (pickle_opcodes and head[4:8] != bytes(4)) or path.suffix.lower() in _PICKLE_SUFFIXES
 
 
 def _plausible_safetensors(path: Path, head: bytes) -> bool:

@@ -55,8 +55,13 @@ def load_model(args: argparse.Namespace, device: str):
     """The model that --checkpoint or --preset names (the `edit` and `eval` commands)."""
     from .model import StreamEditModel
     if args.checkpoint:
+        import torch
+
         from .checkpoint import load_checkpoint
-        return load_checkpoint(args.checkpoint, device=device)
+        # CPUs compute fp16 slowly and imprecisely: a half-precision checkpoint (the shipped
+        # demo model) runs in fp32 there, as the ComfyUI loader's "auto" does.
+        dtype = torch.float32 if torch.device(device).type == "cpu" else None
+        return load_checkpoint(args.checkpoint, device=device, dtype=dtype)
     if args.preset:
         if args.preset not in PRESETS:
             raise UsageError(f"unknown preset {args.preset!r}; expected one of {sorted(PRESETS)}")
