@@ -12,6 +12,9 @@ same command does more steps on a faster machine; the step count is in the stage
 (train_state, metrics.jsonl, model.safetensors); a finished stage (its stage.json exists)
 is skipped when the command is run again, and an interrupted stage resumes from its last saved
 state (`save_every` in the stage config) with the step count it was planned with.
+Between the STLE and the DiT, `--latent-samples` training pairs are encoded once with the
+stage-1 STLE into OUT/latents/ (reused when it has `done.json`); the DiT and distillation
+stages read those instead of running the STLE every step.
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
