@@ -211,3 +211,22 @@ def test_text_cache_file_replaces_the_encoder(tmp_path, minilm16):
     save_text_cache(minilm16, ds.all_prompts(), tmp_path / "all.safetensors")
     tr = Trainer(_cfg(tmp_path, steps=1, data=data, text="minilm", text_cache=str(tmp_path / "all.safetensors")))
     assert isinstance(tr.text.encoder, CachedText) and tr.train_step()["loss"] > 0
+
+
+def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch):
+    from streamedit_core.train import trainer as trainer_module
+    from streamedit_core.train.data import collate
+
+    seen = []
+    real = trainer_module.flow_loss
+    monkeypatch.setattr(trainer_module, "flow_loss", lambda v, target, w: seen.append(w) or real(v, target, w))
+    runs = [Trainer(_cfg(tmp_path, loss_weighting=lw, out_dir=str(tmp_path / lw))) for lw in ("flow", "x0")]
+    batch = collate([runs[0].dataset[p] for p in (0, 1)])
+    with torch.no_grad():
+        for tr in runs:
+            tr.dit_loss(batch, [0, 1], step=0)
+    t = runs[0]._window(batch, [0, 1], 0)[3]  # [B, T] noise levels of that step (seeded)
+    assert torch.equal(seen[0], (t > 0).float())
+    torch.testing.assert_close(seen[1], (t > 0).float() * t ** 2)
+    with pytest.raises(ValueError, match="unknown loss_weighting 'x1'"):
+        _cfg(tmp_path, loss_weighting="x1")

@@ -16,6 +16,7 @@ from .partitions import check_partition
 TASKS = ("stle", "dit", "distill")
 DATA_KINDS = ("synthetic", "manifest", "latents")
 PRECISIONS = ("fp32", "bf16")
+LOSS_WEIGHTINGS = ("flow", "x0")
 
 # Fields that may differ between a run and its resume (they do not change the trajectory).
 RESUME_FREE = ("steps", "out_dir", "log_every", "save_every", "progress")
@@ -56,6 +57,10 @@ class TrainConfig:
     history_max: int = 2  # clean history latent frames at most in a training window
     shift: float = 3.0  # timestep shift of the flow schedule (as the samplers)
     prompt_dropout: float = 0.1  # share of samples trained as (null prompt -> source) for CFG
+    # flow: plain velocity MSE. x0: weight each frame by t^2, i.e. the error of the implied
+    # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
+    # noisy input already shows the target, while a deterministic edit is decided at high ones.
+    loss_weighting: str = "flow"
     # STLE objective
     ssim_weight: float = 0.2
     stream_weight: float = 0.1  # consistency of a stream started one latent frame later
@@ -94,6 +99,8 @@ class TrainConfig:
             raise ValueError("partitions must name at least one scheme")
         for p in self.partitions:
             check_partition(p)
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if not 0.0 <= self.prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         if self.task == "distill":

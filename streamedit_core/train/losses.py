@@ -14,8 +14,8 @@ from torch import Tensor
 def flow_loss(v_pred: Tensor, v_target: Tensor, weight: Tensor) -> Tensor:
     """Mean squared velocity error over the frames with weight 1 (the in-flight frames).
 
-    v_pred, v_target [B, C, T, h, w]; weight [B, T] in {0, 1} (history frames carry no loss:
-    their velocity is never used by the sampler).
+    v_pred, v_target [B, C, T, h, w]; weight [B, T] >= 0, a weighted mean over frames (history
+    frames get 0: their velocity is never used by the sampler).
     """
     err = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, T]
     return (err * weight).sum() / weight.sum().clamp(min=1)

@@ -208,6 +208,8 @@ class Trainer:
         with self._autocast():
             v = self.wrapped(x_t, t, src, text).float()
         weight = (t > 0).float()
+        if cfg.loss_weighting == "x0":
+            weight = weight * t.float() ** 2  # t * (v error) = x0 error
         fm = flow_loss(v, eps - x0, weight)
         tc = temporal_consistency_loss(x_t - tt * v, x0, weight,
                                        src if cfg.motion_compensation else None)
