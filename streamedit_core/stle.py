@@ -274,12 +274,12 @@ class Decoder(nn.Module):
             self.levels.append(level)
         self.norm_out = ChannelRMSNorm(prev, device=device, dtype=dtype)
         self.conv_out = CausalConv3d(prev, cfg.in_channels, kt, **kw)
-        self.strides = (cfg.temporal_stride, cfg.spatial_stride)
+        self.unblock = (cfg.in_channels, cfg.temporal_stride, cfg.spatial_stride)  # depth_to_space
         block = cfg.in_channels * cfg.temporal_stride * cfg.spatial_stride ** 2
         self.patch_out = ops.Conv3d(cfg.latent_channels, block, 1, device=device, dtype=dtype)
 
     def forward(self, z: Tensor, cache: CausalCache | None) -> Tensor:
-        linear = depth_to_space(self.patch_out(z), self.conv_out.spatial.out_channels, *self.strides)
+        linear = depth_to_space(self.patch_out(z), *self.unblock)  # [B, 3, 4t, 8h, 8w]
         h = self.mid(self.conv_in(z, cache), cache)  # [B, c_last, t, h, w]
         for level in self.levels:
             for block in level.blocks:

@@ -220,6 +220,10 @@ def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch
     seen = []
     real = trainer_module.flow_loss
     monkeypatch.setattr(trainer_module, "flow_loss", lambda v, target, w: seen.append(w) or real(v, target, w))
+    temporal_seen = []
+    real_tc = trainer_module.temporal_consistency_loss
+    monkeypatch.setattr(trainer_module, "temporal_consistency_loss",
+                        lambda a, b, w, c: temporal_seen.append(w) or real_tc(a, b, w, c))
     runs = [Trainer(_cfg(tmp_path, loss_weighting=lw, out_dir=str(tmp_path / lw))) for lw in ("flow", "x0")]
     batch = collate([runs[0].dataset[p] for p in (0, 1)])
     with torch.no_grad():
@@ -228,5 +232,8 @@ def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch
     t = runs[0]._window(batch, [0, 1], 0)[3]  # [B, T] noise levels of that step (seeded)
     assert torch.equal(seen[0], (t > 0).float())
     torch.testing.assert_close(seen[1], (t > 0).float() * t ** 2)
+    for w in temporal_seen:  # the temporal term compares clean latents: never t-weighted
+        assert torch.equal(w, (t > 0).float())
+    assert len(temporal_seen) == 2
     with pytest.raises(ValueError, match="unknown loss_weighting 'x1'"):
         _cfg(tmp_path, loss_weighting="x1")

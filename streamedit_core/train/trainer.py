@@ -207,11 +207,12 @@ class Trainer:
         x_t = (1 - tt) * x0 + tt * eps  # history frames (t = 0) are the clean latents
         with self._autocast():
             v = self.wrapped(x_t, t, src, text).float()
-        weight = (t > 0).float()
-        if cfg.loss_weighting == "x0":
-            weight = weight * t.float() ** 2  # t * (v error) = x0 error
+        in_flight = (t > 0).float()
+        # x0 weighting: t * (v error) = x0 error. Only the velocity term: the temporal term
+        # already compares predicted clean latents.
+        weight = in_flight * t.float() ** 2 if cfg.loss_weighting == "x0" else in_flight
         fm = flow_loss(v, eps - x0, weight)
-        tc = temporal_consistency_loss(x_t - tt * v, x0, weight,
+        tc = temporal_consistency_loss(x_t - tt * v, x0, in_flight,
                                        src if cfg.motion_compensation else None)
         return fm + cfg.temporal_weight * tc, {"flow": fm.detach(), "temporal": tc.detach()}
 
