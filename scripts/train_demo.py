@@ -44,7 +44,7 @@ log = logging.getLogger("train_demo")
 STAGES = ("stle", "dit", "distill")
 # Of the training budget. The STLE starts at PCA (STLE.init_linear_path), so its stage is short.
 SHARES = {"stle": 0.15, "dit": 0.6, "distill": 0.25}
-LATENT_SAMPLES = 800  # pairs encoded once by the stage-1 STLE for the DiT and distill stages
+LATENT_SAMPLES = 3000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (50 s at 32 px)
 CALIBRATION_STEPS = 2  # timed steps of a throwaway trainer; the last one counts
 # Steps ran ~15% slower than the calibration step on the shared 2-core machine (2026-11-23:
 # DiT 1.98 s/step against 1.69 s calibrated), so the step count leaves that much room.

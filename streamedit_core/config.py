@@ -14,6 +14,10 @@ from typing import Any
 
 TEXT_KINDS = ("t5", "byt5", "clip", "sentence")
 ATTENTION_BACKENDS = ("dense", "window", "dsa")
+# What the DiT's output layer predicts (the model always returns the velocity):
+# velocity: v directly. source_residual: the clean latent as source + residual, v = (x_t - x0) / t,
+# so the untrained model already edits nothing (x0 = source), and small edits are small outputs.
+PREDICTIONS = ("velocity", "source_residual")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class DiTConfig:
     dsa_block_size: int = 64  # DSA: tokens per block
     dsa_density: float = 0.25  # DSA: fraction of key blocks kept per query block (top-k)
     grad_checkpointing: bool = False
+    prediction: str = "velocity"  # one of PREDICTIONS
 
     @property
     def depth(self) -> int:
@@ -96,6 +101,8 @@ class ModelConfig:
         if self.dit.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {self.dit.attention!r}; "
                              f"expected one of {ATTENTION_BACKENDS}")
+        if self.dit.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown DiT prediction {self.dit.prediction!r}; expected one of {PREDICTIONS}")
         for m in self.dit.text_members:
             if m.kind not in TEXT_KINDS:
                 raise ValueError(f"unknown text member kind {m.kind!r}; expected one of {TEXT_KINDS}")
@@ -186,7 +193,7 @@ PRESETS: dict[str, ModelConfig] = {
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=96),
         dit=DiTConfig(latent_channels=96, patch_size=1, hidden_size=256, num_heads=4, depth_outer=1,
                       depth_inner=4,
-                      text_members=(_MINILM,), dsa_block_size=64),
+                      text_members=(_MINILM,), dsa_block_size=64, prediction="source_residual"),
     ),
     "2b": ModelConfig(
         name="2b",

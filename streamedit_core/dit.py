@@ -156,6 +156,11 @@ class StreamEditDiT(nn.Module):
         self.text_proj = nn.ModuleList(ops.Linear(m.dim, D, **kw) for m in cfg.text_members)
         self.text_type = nn.Parameter(torch.zeros(len(cfg.text_members), D, **kw))
         self.text_registers = nn.Parameter(torch.zeros(NUM_TEXT_REGISTERS, D, **kw))
+        # Pooled text joins the timestep in every modulation (as SD3's pooled CLIP vector): a global
+        # edit (a colour map, a blur) is then one direct shift/scale per channel, and the prompt
+        # need not be found again by cross-attention in every block.
+        self.text_pool = nn.ModuleList(
+            nn.Sequential(ops.Linear(m.dim, D, **kw), nn.SiLU(), ops.Linear(D, D, **kw)) for m in cfg.text_members)
 
         def blocks(n: int) -> nn.ModuleList:
             return nn.ModuleList(StreamEditBlock(cfg, operations=ops, **kw) for _ in range(n))
@@ -180,7 +185,7 @@ class StreamEditDiT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # Timestep MLP and the learned tables: small normal, as DiT's embedders.
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], *(l for mlp in self.text_pool for l in mlp[::2])):
             nn.init.normal_(layer.weight, std=0.02)
         for table in (self.temporal_pos, self.text_type, self.text_registers):
             nn.init.normal_(table, std=0.02)
@@ -231,6 +236,17 @@ class StreamEditDiT(nn.Module):
             masks.append(m.to(device))
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
 
+    def pool_text(self, text: TextEmbedding) -> Tensor:
+        """Each member's mean over its real tokens (zeros for the null prompt) through its MLP,
+        summed: [B, D], added to every frame's timestep embedding."""
+        device = self.text_registers.device
+        pooled = 0
+        for mlp, s, m in zip(self.text_pool, text.states, text.masks):
+            w = m.to(device=device, dtype=mlp[0].weight.dtype)[..., None]  # [B, L, 1]
+            mean = (s.to(device=device, dtype=w.dtype) * w).sum(1) / w.sum(1).clamp(min=1.0)  # [B, dim]
+            pooled = pooled + mlp(mean)
+        return pooled
+
     def _patchify(self, x: Tensor) -> Tensor:
         """[B, C, T, h, w] -> [B, T, N, C*p*p] with N = (h/p) * (w/p), row-major over the grid."""
         B, C, T, h, w = x.shape
@@ -268,7 +284,8 @@ class StreamEditDiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, text: TextEmbedding,
                 attention: str | None = None) -> Tensor:
-        """Predict the velocity v = eps - x0 for every frame of the window.
+        """Predict the velocity v = eps - x0 for every frame of the window (with
+        cfg.prediction "source_residual", through x0 = cond + the output layer's residual).
 
         x     [B, 12, T, h, w] the window (12 = latent_channels): clean history frames (t == 0),
               then in-flight frames
@@ -298,7 +315,7 @@ class StreamEditDiT(nn.Module):
         tokens = self._patchify(xc.to(dtype))  # [B, T, N, 2*C*p*p]
         pos = sincos_2d(gh, gw, self.cfg.hidden_size, x.device).to(dtype)  # [N, D]
         hs = self.patch_embed(tokens) + pos + self.temporal_pos[:T, None]  # [B, T, N, D]
-        c = self.t_embedder(t)  # [B, T, D]
+        c = self.t_embedder(t) + self.pool_text(text)[:, None]  # [B, T, D]
         history = (t == 0).to(dtype)  # [B, T]; tensor op, no host sync
         text_tokens, text_mask = self.embed_text(text)
 
@@ -322,4 +339,11 @@ class StreamEditDiT(nn.Module):
 
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
-        return self._unpatchify(out, h + ph, w + pw)[..., :h, :w].to(x.dtype)
+        out = self._unpatchify(out, h + ph, w + pw)[..., :h, :w].float()  # [B, C, T, h, w]
+        if self.cfg.prediction == "source_residual":
+            # x0 = source + residual; v = (x_t - x0) / t. History frames (t == 0) get v = 0: they
+            # do not move, and the division must not blow up there.
+            tt = t.float()[:, None, :, None, None]  # [B, 1, T, 1, 1]
+            v = (x.float() - cond.float() - out) / tt.clamp(min=1e-3)
+            out = torch.where(tt > 0, v, torch.zeros_like(v))
+        return out.to(x.dtype)

@@ -19,7 +19,7 @@ def test_families_are_many_and_well_formed():
 
 
 def test_no_prompt_is_shared_between_families():
-    prompts = [p for f in synthetic.FAMILIES.values() for p in f.paraphrases]
+    prompts = [p.lower() for f in synthetic.FAMILIES.values() for p in f.paraphrases + f.train_only]
     assert len(prompts) == len(set(prompts))
 
 
@@ -29,7 +29,9 @@ def test_splits_partition_photos_and_paraphrases_deterministically():
     for name, fam in synthetic.FAMILIES.items():
         parts = [synthetic.split_paraphrases(name, s) for s in synthetic.SPLITS]
         assert all(parts), name
-        assert sorted(sum(map(list, parts), [])) == sorted(fam.paraphrases)
+        assert sorted(sum(map(list, parts), [])) == sorted(fam.paraphrases + fam.train_only)
+        # the extra wordings only ever train: validation and test stay unseen wording
+        assert set(fam.train_only) <= set(parts[synthetic.SPLITS.index("train")]), name
     assert synthetic.split_photos("test") == synthetic.split_photos("test")
 
 

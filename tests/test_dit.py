@@ -69,6 +69,38 @@ def test_null_prompt_is_finite_and_ignores_padding():
     torch.testing.assert_close(v_pad, model(x, t, cond, text))
 
 
+def test_pooled_prompt_modulates_every_block():
+    # With cross-attention silenced, the prompt still reaches the output through its pooled
+    # vector in the modulation; silencing that too leaves the prompt no way in.
+    model = _model()
+    x, t, cond, text = _inputs()
+    other = TextEmbedding((torch.randn_like(text.states[0]),), text.masks)
+    with torch.no_grad():
+        for block in (*model.outer_in, *model.inner, *model.outer_out):
+            nn.init.zeros_(block.cross_attn.out.weight)
+            nn.init.zeros_(block.cross_attn.out.bias)
+    assert not torch.allclose(model(x, t, cond, text), model(x, t, cond, other))
+    with torch.no_grad():
+        nn.init.zeros_(model.text_pool[0][2].weight)
+    torch.testing.assert_close(model(x, t, cond, text), model(x, t, cond, other))
+    # The null prompt pools to zeros: its vector is the MLP's response to nothing, not to padding.
+    null = TextEmbedding(text.states, (torch.zeros_like(text.masks[0]),))
+    mlp = model.text_pool[0]
+    torch.testing.assert_close(model.pool_text(null), mlp(torch.zeros(2, 384)))
+
+
+def test_source_residual_prediction_starts_as_the_identity_edit():
+    # x0 = source + residual: the untrained model's one Euler step from t to 0 lands on the source.
+    model = StreamEditDiT(dataclasses.replace(CFG, prediction="source_residual"))
+    x, t, cond, text = _inputs()
+    v = model(x, t, cond, text)
+    x0 = x - t[:, None, :, None, None] * v
+    torch.testing.assert_close(x0[:, :, 1:], cond[:, :, 1:])
+    assert torch.count_nonzero(v[:, :, 0]) == 0  # history frames (t == 0) do not move
+    with pytest.raises(ValueError, match="unknown DiT prediction 'eps'"):
+        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, prediction="eps"))
+
+
 def test_timestep_of_one_frame_changes_the_output():
     model = _model()
     x, t, cond, text = _inputs()

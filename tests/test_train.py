@@ -237,3 +237,14 @@ def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch
     assert len(temporal_seen) == 2
     with pytest.raises(ValueError, match="unknown loss_weighting 'x1'"):
         _cfg(tmp_path, loss_weighting="x1")
+
+
+def test_cosine_lr_decay_after_warmup(tmp_path):
+    tr = Trainer(_cfg(tmp_path, steps=110, warmup_steps=10, lr=1e-3, lr_decay="cosine"))
+    assert tr.lr_at(0) == pytest.approx(1e-4) and tr.lr_at(9) == pytest.approx(1e-3)
+    assert tr.lr_at(60) == pytest.approx(5e-4)  # half way through the decay
+    assert tr.lr_at(109) < 1e-6 and tr.lr_at(200) == 0.0
+    flat = Trainer(_cfg(tmp_path, steps=110, warmup_steps=10, lr=1e-3, out_dir=str(tmp_path / "flat")))
+    assert flat.lr_at(109) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown lr_decay 'linear'"):
+        _cfg(tmp_path, lr_decay="linear")

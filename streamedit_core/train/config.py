@@ -16,6 +16,7 @@ from .partitions import check_partition
 TASKS = ("stle", "dit", "distill")
 DATA_KINDS = ("synthetic", "manifest", "latents")
 PRECISIONS = ("fp32", "bf16")
+LR_DECAYS = ("none", "cosine")
 LOSS_WEIGHTINGS = ("flow", "x0")
 
 # Fields that may differ between a run and its resume (they do not change the trajectory).
@@ -47,6 +48,7 @@ class TrainConfig:
     lr: float = 5e-5  # the paper's base-stage rate; later stages 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_decay: str = "none"  # none | cosine: after warmup, cosine from lr down to 0 at the last step
     grad_clip: float = 1.0  # 0 = off
     ema_decay: float = 0.0  # 0 = no EMA; else the exported weights are the EMA
     seed: int = 0
@@ -99,6 +101,8 @@ class TrainConfig:
             raise ValueError("partitions must name at least one scheme")
         for p in self.partitions:
             check_partition(p)
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; expected one of {LR_DECAYS}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if not 0.0 <= self.prompt_dropout <= 1.0:

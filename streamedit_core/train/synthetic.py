@@ -118,7 +118,8 @@ class EditFamily:
     """A procedural edit: `apply(frames [T, H, W, 3] in [0, 1]) -> [T, H, W, 3] in [0, 1]`."""
     name: str
     fn: Callable[[Tensor], Tensor]
-    paraphrases: tuple[str, ...]
+    paraphrases: tuple[str, ...]  # split by paraphrase: one test, one validation, the rest train
+    train_only: tuple[str, ...] = ()  # more training wordings, never in validation or test
 
     def apply(self, frames: Tensor) -> Tensor:
         if frames.dim() != 4 or frames.shape[-1] != 3:
@@ -129,43 +130,93 @@ class EditFamily:
 FAMILIES: dict[str, EditFamily] = {f.name: f for f in (
     EditFamily("grayscale", grayscale, (
         "make it black and white", "convert to grayscale", "remove all the colour",
-        "turn it into a monochrome video", "desaturate everything", "make it look like an old black-and-white film")),
+        "turn it into a monochrome video", "desaturate everything", "make it look like an old black-and-white film"),
+        train_only=(
+        "drain the colour out of the scene", "make the footage monochrome", "show it in shades of grey",
+        "make it colourless", "strip out every hue", "give it a black-and-white look", "greyscale please",
+        "render it without any colour")),
     EditFamily("sepia", sepia, (
         "apply a sepia tone", "make it look like an old sepia photograph", "give it a vintage brown tint",
-        "turn it sepia", "age the footage with a sepia filter", "make it look antique and brownish")),
+        "turn it sepia", "age the footage with a sepia filter", "make it look antique and brownish"),
+        train_only=(
+        "give it a sepia look", "make it look like a faded old photo", "add a warm brown vintage filter",
+        "make it sepia toned", "tint it like an antique print", "give it an old-timey brown look",
+        "make it look like a 1900s photograph", "use a sepia colour grade")),
     EditFamily("invert", invert, (
         "invert the colors", "make it a photo negative", "flip every colour to its opposite",
-        "turn it into a negative image", "reverse the colours", "show it as a film negative")),
+        "turn it into a negative image", "reverse the colours", "show it as a film negative"),
+        train_only=(
+        "invert the image", "negate all the colours", "make it look like a negative",
+        "swap each colour for its complement", "turn light into dark and dark into light",
+        "apply a colour inversion", "show the inverted colours", "flip the brightness and the hues")),
     EditFamily("hue_red", functools.partial(_colorize, rgb=(0.9, 0.15, 0.1)), (
         "make everything red", "tint the whole scene red", "turn the colours to shades of red",
-        "recolour it in red", "give it a deep red hue", "paint the video red")),
+        "recolour it in red", "give it a deep red hue", "paint the video red"),
+        train_only=(
+        "make it all red", "colour the scene crimson", "wash everything in red", "give it a red tint",
+        "turn it scarlet", "make it look red all over", "recolour the video with red tones",
+        "bathe it in red light")),
     EditFamily("hue_blue", functools.partial(_colorize, rgb=(0.1, 0.3, 0.95)), (
         "make everything blue", "tint the whole scene blue", "turn the colours to shades of blue",
-        "recolour it in blue", "give it a deep blue hue", "paint the video blue")),
+        "recolour it in blue", "give it a deep blue hue", "paint the video blue"),
+        train_only=(
+        "make it all blue", "colour the scene navy blue", "wash everything in blue", "give it a blue tint",
+        "turn it azure", "make it look blue all over", "recolour the video with blue tones",
+        "bathe it in blue light")),
     EditFamily("blur", blur, (
         "blur the video", "make it blurry", "apply a soft gaussian blur",
-        "make everything out of focus", "smooth away the details", "defocus the image")),
+        "make everything out of focus", "smooth away the details", "defocus the image"),
+        train_only=(
+        "make it soft and fuzzy", "add a blur", "blur everything a little", "make the picture unsharp",
+        "soften all the edges", "make it look hazy and blurred", "apply a smoothing filter",
+        "throw it out of focus")),
     EditFamily("pixelate", pixelate, (
         "pixelate it", "make it look like 8-bit pixel art", "turn it into big blocky pixels",
-        "apply a mosaic effect", "lower the resolution into chunky pixels", "make it look retro and pixelated")),
+        "apply a mosaic effect", "lower the resolution into chunky pixels", "make it look retro and pixelated"),
+        train_only=(
+        "make it pixelated", "turn it into coarse blocks", "make the pixels huge",
+        "give it a low-res pixel look", "censor it with pixels", "make it look like an old video game",
+        "pixelize the frames", "make it blocky")),
     EditFamily("posterize", posterize, (
         "posterize the colours", "reduce it to a few flat colours", "make it look like a screen print",
-        "use only a handful of colour levels", "give it a flat poster look", "quantize the colours")),
+        "use only a handful of colour levels", "give it a flat poster look", "quantize the colours"),
+        train_only=(
+        "make it posterized", "flatten the colours into bands", "cut the number of colours",
+        "give it a pop-art poster style", "use fewer colour steps", "make the shading flat and banded",
+        "simplify the colours into flat areas", "reduce the colour depth")),
     EditFamily("brighter", brighter, (
         "make it brighter", "brighten the video", "increase the exposure",
-        "make the scene lighter", "turn up the brightness", "make it look sunny and bright")),
+        "make the scene lighter", "turn up the brightness", "make it look sunny and bright"),
+        train_only=(
+        "make it lighter", "lighten the footage", "raise the exposure", "add more light",
+        "make everything brighter", "boost the brightness", "make the image more luminous", "brighten it up")),
     EditFamily("darker", darker, (
         "make it darker", "darken the video", "lower the exposure",
-        "make the scene look like dusk", "turn down the brightness", "make it dim and shadowy")),
+        "make the scene look like dusk", "turn down the brightness", "make it dim and shadowy"),
+        train_only=(
+        "make it dimmer", "dim the footage", "reduce the exposure", "take away some light",
+        "make everything darker", "lower the brightness", "make the image gloomier", "darken it down")),
     EditFamily("warm", warm, (
         "give it a warm tint", "make the colours warmer", "add a golden hour glow",
-        "make it look warm and cosy", "shift the white balance to warm", "add an orange warmth")),
+        "make it look warm and cosy", "shift the white balance to warm", "add an orange warmth"),
+        train_only=(
+        "make it warmer", "warm up the colours", "add a warm orange tone", "give it a sunset feel",
+        "push the colours toward yellow and orange", "make the light feel warm", "use a warm colour grade",
+        "give it a cosy amber tint")),
     EditFamily("cool", cool, (
         "give it a cool tint", "make the colours colder", "add a cold blue cast",
-        "make it look wintry and cool", "shift the white balance to cool", "give it a chilly look")),
+        "make it look wintry and cool", "shift the white balance to cool", "give it a chilly look"),
+        train_only=(
+        "make it cooler", "cool down the colours", "add a cool blue tone", "give it a cold winter feel",
+        "push the colours toward blue", "make the light feel cold", "use a cool colour grade",
+        "give it an icy tint")),
     EditFamily("sketch", sketch, (
         "make it a pencil sketch", "turn it into a line drawing", "draw it in pencil on white paper",
-        "make it look hand-sketched", "convert to a graphite drawing", "render it as an ink outline")),
+        "make it look hand-sketched", "convert to a graphite drawing", "render it as an ink outline"),
+        train_only=(
+        "make it a drawing", "turn it into a pencil drawing", "sketch it in pencil",
+        "make it look drawn by hand", "draw the outlines in black on white", "make it a charcoal sketch",
+        "turn the scene into line art", "make it look like a sketchbook page")),
 )}
 
 
@@ -186,10 +237,12 @@ def _split_by_rank(keys: tuple[str, ...], salt: str, n_test: int, n_val: int, sp
 
 
 def split_paraphrases(family: str, split: str) -> tuple[str, ...]:
-    """The paraphrases of `family` in `split` (one test, one validation, the rest train)."""
+    """The paraphrases of `family` in `split`: one test, one validation, the rest train; the
+    train split also gets the family's `train_only` wordings."""
     if family not in FAMILIES:
         raise ValueError(f"unknown edit family {family!r}; expected one of {sorted(FAMILIES)}")
-    return _split_by_rank(FAMILIES[family].paraphrases, f"paraphrase:{family}", 1, 1, split)
+    ranked = _split_by_rank(FAMILIES[family].paraphrases, f"paraphrase:{family}", 1, 1, split)
+    return ranked + FAMILIES[family].train_only if split == "train" else ranked
 
 
 # --- Photos ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -260,9 +261,14 @@ class Trainer:
 
     # --- one optimizer step ---------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        if self.cfg.warmup_steps <= 0:
-            return self.cfg.lr
-        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+        """Linear warmup over warmup_steps, then constant or (lr_decay "cosine") down to 0 at `steps`."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr
 
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
