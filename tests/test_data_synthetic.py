@@ -56,7 +56,7 @@ def test_photo_clip_moves_and_is_seeded():
 
 def test_dataset_items_are_pairs_of_their_prompt():
     ds = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, identity_fraction=0.3, length=40)
-    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in f.paraphrases}
+    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in f.paraphrases + f.train_only}
     seen_identity = False
     for i in range(40):
         item = ds[i]
