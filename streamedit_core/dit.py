@@ -160,7 +160,8 @@ class StreamEditDiT(nn.Module):
         # edit (a colour map, a blur) is then one direct shift/scale per channel, and the prompt
         # need not be found again by cross-attention in every block.
         self.text_pool = nn.ModuleList(
-            nn.Sequential(ops.Linear(m.dim, D, **kw), nn.SiLU(), ops.Linear(D, D, **kw)) for m in cfg.text_members)
+            nn.Sequential(ops.Linear(m.dim, D, **kw), nn.SiLU(), ops.Linear(D, D, **kw))
+            for m in cfg.text_members)
 
         def blocks(n: int) -> nn.ModuleList:
             return nn.ModuleList(StreamEditBlock(cfg, operations=ops, **kw) for _ in range(n))
@@ -185,7 +186,8 @@ class StreamEditDiT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # Timestep MLP and the learned tables: small normal, as DiT's embedders.
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], *(l for mlp in self.text_pool for l in mlp[::2])):
+        pool_layers = [layer for mlp in self.text_pool for layer in (mlp[0], mlp[2])]
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], *pool_layers):
             nn.init.normal_(layer.weight, std=0.02)
         for table in (self.temporal_pos, self.text_type, self.text_registers):
             nn.init.normal_(table, std=0.02)
