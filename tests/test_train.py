@@ -248,3 +248,22 @@ def test_cosine_lr_decay_after_warmup(tmp_path):
     assert flat.lr_at(109) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="unknown lr_decay 'linear'"):
         _cfg(tmp_path, lr_decay="linear")
+
+
+def test_text_noise_perturbs_real_tokens_only_and_is_seeded(tmp_path):
+    from streamedit_core.train.data import collate
+
+    tr = Trainer(_cfg(tmp_path, text_noise=0.5))
+    batch = collate([tr.dataset[p] for p in (0, 1)])
+    batch["prompt"] = ["make it sepia", ""]
+    clean = tr.text.lookup(batch["prompt"])
+    noisy = tr._noisy_text(clean, [0, 1])
+    s, n, m = clean.states[0], noisy.states[0], clean.masks[0]
+    assert torch.equal(n[~m], s[~m])  # padding and the whole null prompt untouched
+    delta = (n - s)[m]
+    rms = s[m].pow(2).mean().sqrt()
+    assert 0.3 * rms < delta.pow(2).mean().sqrt() < 0.7 * rms
+    torch.testing.assert_close(tr._noisy_text(clean, [0, 1]).states[0], n)  # same positions, same noise
+    assert not torch.equal(tr._noisy_text(clean, [2, 3]).states[0], n)
+    with pytest.raises(ValueError, match="text_noise must be >= 0"):
+        _cfg(tmp_path, text_noise=-0.1)

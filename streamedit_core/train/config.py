@@ -59,6 +59,9 @@ class TrainConfig:
     history_max: int = 2  # clean history latent frames at most in a training window
     shift: float = 3.0  # timestep shift of the flow schedule (as the samplers)
     prompt_dropout: float = 0.1  # share of samples trained as (null prompt -> source) for CFG
+    # Gaussian noise on the prompt's real token states, this many times their RMS (0 = off): the
+    # DiT learns a neighbourhood of each training wording, where unseen wordings land.
+    text_noise: float = 0.0
     # flow: plain velocity MSE. x0: weight each frame by t^2, i.e. the error of the implied
     # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
     # noisy input already shows the target, while a deterministic edit is decided at high ones.
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; expected one of {LR_DECAYS}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+        if self.text_noise < 0:
+            raise ValueError(f"text_noise must be >= 0, got {self.text_noise}")
         if not 0.0 <= self.prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         if self.task == "distill":

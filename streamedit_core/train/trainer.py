@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..model import StreamEditModel
+from ..types import TextEmbedding
 from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, iterate_batches
@@ -194,7 +195,21 @@ class Trainer:
         keep = torch.tensor([not d for d in drop], device=src.device).view(b, 1, 1, 1, 1)
         x0 = torch.where(keep, x0, src)
         text = self.text.lookup(prompts).to(src.device)
+        if cfg.text_noise > 0:
+            text = self._noisy_text(text, positions)
         return src, x0, eps, t, text, prompts
+
+    def _noisy_text(self, text: TextEmbedding, positions: list[int]) -> TextEmbedding:
+        """`text` with seeded Gaussian noise of text_noise x RMS on each sample's real tokens
+        (padding and the null prompt stay exact)."""
+        states = []
+        for i, (s, m) in enumerate(zip(text.states, text.masks)):
+            noise = torch.stack([torch.randn(s.shape[1:], generator=generator(self.cfg.seed, "text", i, p))
+                                 for p in positions]).to(s.device, s.dtype)  # [B, L, dim]
+            w = m[..., None].to(s.dtype)  # [B, L, 1]
+            rms = ((s * w).pow(2).sum() / (w.sum() * s.shape[-1]).clamp(min=1)).sqrt()
+            states.append(s + self.cfg.text_noise * rms * noise * w)
+        return TextEmbedding(tuple(states), text.masks)
 
     def _autocast(self):
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16,
