@@ -241,13 +241,8 @@ class StreamEditDiT(nn.Module):
     def pool_text(self, text: TextEmbedding) -> Tensor:
         """Each member's mean over its real tokens (zeros for the null prompt) through its MLP,
         summed: [B, D], added to every frame's timestep embedding."""
-        device = self.text_registers.device
-        pooled = 0
-        for mlp, s, m in zip(self.text_pool, text.states, text.masks):
-            w = m.to(device=device, dtype=mlp[0].weight.dtype)[..., None]  # [B, L, 1]
-            mean = (s.to(device=device, dtype=w.dtype) * w).sum(1) / w.sum(1).clamp(min=1.0)  # [B, dim]
-            pooled = pooled + mlp(mean)
-        return pooled
+        means = text.to(self.text_registers.device, self.text_registers.dtype).token_means()
+        return sum(mlp(mean) for mlp, mean in zip(self.text_pool, means))
 
     def _patchify(self, x: Tensor) -> Tensor:
         """[B, C, T, h, w] -> [B, T, N, C*p*p] with N = (h/p) * (w/p), row-major over the grid."""

@@ -407,9 +407,7 @@ class TextEnsemble:
             member = kinds.index("sentence")
         if not 0 <= member < len(self.members):
             raise ValueError(f"member index {member} out of range for {len(self.members)} members")
-        emb = self.encode(prompts)
-        states, masks = emb.states[member], emb.masks[member].unsqueeze(-1)  # [B, L, d], [B, L, 1]
-        mean = states.sum(1) / masks.sum(1).clamp(min=1)  # [B, d]
+        mean = self.encode(prompts).token_means()[member]  # [B, d]
         return torch.nn.functional.normalize(mean, dim=-1)
 
     def offload(self, free: bool = False) -> None:

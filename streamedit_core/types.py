@@ -27,6 +27,15 @@ class TextEmbedding:
         return TextEmbedding(tuple(s.to(device=device, dtype=dtype) for s in self.states),
                              tuple(m.to(device=device) for m in self.masks))
 
+    def token_means(self) -> tuple[Tensor, ...]:
+        """Each member's mean state over its real tokens, [B, d_i]; zeros for the null prompt
+        (padding never counts, whatever it holds)."""
+        means = []
+        for s, m in zip(self.states, self.masks):
+            w = m[..., None].to(s.dtype)  # [B, L, 1]
+            means.append((s * w).sum(1) / w.sum(1).clamp(min=1))
+        return tuple(means)
+
     def repeat(self, batch: int) -> "TextEmbedding":
         """Expand a batch-1 embedding to `batch` rows."""
         if self.batch_size != 1:
