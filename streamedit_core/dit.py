@@ -336,11 +336,11 @@ class StreamEditDiT(nn.Module):
 
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
-        out = self._unpatchify(out, h + ph, w + pw)[..., :h, :w].float()  # [B, C, T, h, w]
+        out = self._unpatchify(out, h + ph, w + pw)[..., :h, :w]  # [B, C, T, h, w]
         if self.cfg.prediction == "source_residual":
-            # x0 = source + residual; v = (x_t - x0) / t. History frames (t == 0) get v = 0: they
-            # do not move, and the division must not blow up there.
+            # x0 = source + residual; v = (x_t - x0) / t, in fp32 (a division by a small t).
+            # History frames (t == 0) get v = 0: they do not move, and must not blow up.
             tt = t.float()[:, None, :, None, None]  # [B, 1, T, 1, 1]
-            v = (x.float() - cond.float() - out) / tt.clamp(min=1e-3)
+            v = (x.float() - cond.float() - out.float()) / tt.clamp(min=1e-3)
             out = torch.where(tt > 0, v, torch.zeros_like(v))
         return out.to(x.dtype)
