@@ -17,7 +17,9 @@ NODES: list[type[io.ComfyNode]] = [
 
 def _drop_streams_on_free():
     """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
-    drops every stream's state, like ComfyUI drops its caches."""
+    drops every stream's state, like ComfyUI drops its caches. It runs on the server thread, so
+    the state is only marked dropped here; the worker releases it at the next StreamEdit node
+    (see `StreamRegistry.clear`)."""
     from aiohttp import web
 
     @web.middleware

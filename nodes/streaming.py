@@ -63,10 +63,12 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[str, StreamEntry] = {}
+        self._cleared: list[dict[str, StreamEntry]] = []  # dropped by clear(), not yet released
         self._lock = threading.Lock()
 
     def open(self, stream_id: str, chunk_index: int, owner: Any, job: str | None) -> StreamEntry:
         """The entry a node of `job` works on for `chunk_index`; checks the chunk order."""
+        self.release_cleared()
         with self._lock:
             entry = self._entries.get(stream_id)
             if entry is not None and entry.job is not None and entry.job != job:
@@ -105,12 +107,28 @@ class StreamRegistry:
         return entry
 
     def drop(self, stream_id: str) -> bool:
+        self.release_cleared()
         with self._lock:
             return self._entries.pop(stream_id, None) is not None
 
     def clear(self) -> None:
+        """Drop every stream; callable from any thread (the server's, on /free).
+
+        The dropped entries are only released later, by `release_cleared` on the worker thread:
+        an entry may hold the last reference to a model, and releasing it runs ComfyUI's model
+        finalizer (`cleanup_models`, which pops from `current_loaded_models`). Run on the server
+        thread, that raced with the worker's own unloading for the same /free (`free_memory`
+        indexes that list) and killed the worker with an IndexError: no job ran after that.
+        """
         with self._lock:
-            self._entries.clear()
+            self._cleared.append(self._entries)
+            self._entries = {}
+
+    def release_cleared(self) -> None:
+        """Release what `clear` dropped; call on the worker thread only (nodes do, in `open`)."""
+        with self._lock:
+            cleared, self._cleared = self._cleared, []
+        cleared.clear()  # the entries' last references go here, outside the lock
 
     def __contains__(self, stream_id: str) -> bool:
         return stream_id in self._entries

@@ -175,8 +175,8 @@ class ComfyClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"job {prompt_id} not done after {timeout} s: "
-                                   f"{[e['type'] for e in result.events]}")
+                raise TimeoutError(f"job {prompt_id} not done after {timeout} s: events "
+                                   f"{[e['type'] for e in result.events]}; {self._queue_state(prompt_id)}")
             self.ws.settimeout(min(remaining, 5))
             try:
                 msg = self.ws.recv()
@@ -195,6 +195,16 @@ class ComfyClient:
                 return result
             if event["type"] in ("execution_error", "execution_interrupted"):
                 return result
+
+    def _queue_state(self, prompt_id: str) -> str:
+        """Where the server's queue has the job (for timeout messages)."""
+        try:
+            queue = self.request("GET", "/queue", timeout=5)
+        except (urllib.error.URLError, OSError) as e:
+            return f"GET /queue failed: {e}"
+        where = {kind: [item[1] for item in queue.get(kind, [])] for kind in ("queue_running", "queue_pending")}
+        state = next((k for k, ids in where.items() if prompt_id in ids), "in neither queue")
+        return f"the job is {state}; running {where['queue_running']}, pending {len(where['queue_pending'])}"
 
     def run(self, prompt: dict, timeout: float = 300) -> JobResult:
         return self.wait(self.queue(prompt), timeout)

@@ -43,6 +43,16 @@ def comfy_server(comfy_base):
     server.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the server reports the end of the server's log with it."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.funcargs.get("comfy_server") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, ComfyServer):
+        report.sections.append(("ComfyUI server log (last 8000 chars)", server.log()[-8000:]))
+
+
 @pytest.fixture
 def comfy(comfy_server):
     """A client (HTTP + WebSocket, its own client id) of the session's server."""

@@ -190,6 +190,47 @@ def test_every_execute_matches_its_schema():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+FREE_RACE_CHECK = textwrap.dedent("""
+    import importlib.util, sys, threading, weakref
+    sys.path.insert(0, sys.argv[1])
+    import comfy.options
+    from comfy.cli_args import args
+    args.cpu = True
+    repo = sys.argv[2]
+    spec = importlib.util.spec_from_file_location("comfyui_streamedit", repo + "/__init__.py",
+                                                  submodule_search_locations=[repo])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_streamedit"] = pkg
+    spec.loader.exec_module(pkg)
+    from comfyui_streamedit.nodes.streaming import StreamRegistry
+
+    class Model:  # stands in for a ModelPatcher that only the stream still holds
+        pass
+
+    released_on = []
+    streams, owner = StreamRegistry(), Model()
+    streams.open("s", 0, owner, None)
+    weakref.finalize(owner, lambda: released_on.append(threading.current_thread().name))
+    del owner
+    server = threading.Thread(target=streams.clear, name="server")
+    server.start(); server.join()
+    assert "s" not in streams, "clear() left the stream"
+    assert released_on == [], f"released on the {released_on} thread by clear()"
+    streams.open("t", 0, Model(), None)  # the worker's next node
+    assert released_on == ["MainThread"], released_on
+    print("ok")
+""")
+
+
+def test_free_releases_stream_state_on_the_worker_thread():
+    """/free drops streams from the server thread; what they held (possibly a model's last
+    reference, whose release runs ComfyUI's model finalizer) is released by the worker, never
+    concurrently with the worker's own unloading (that race killed the worker thread)."""
+    out = subprocess.run([sys.executable, "-c", FREE_RACE_CHECK, str(COMFYUI_ROOT), str(REPO)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
 def test_workflows_use_only_known_nodes(object_info):
     files = sorted(WORKFLOWS.glob("*.json"))
     assert {f.stem for f in files} >= {"edit_video_file", "stream_chunks", "prompt_schedule"}
