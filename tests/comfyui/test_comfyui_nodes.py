@@ -149,8 +149,10 @@ def test_object_info_lists_every_node_with_types_defaults_tooltips(object_info):
     assert ours["StreamEditModelLoader"]["input"]["required"]["ckpt_name"][1]["options"][0] == CHECKPOINT
 
 
-SCHEMA_CHECK = textwrap.dedent("""
-    import importlib.util, inspect, json, sys
+# A script run by `run_with_package` starts by importing this repo as the package
+# `comfyui_streamedit`, as ComfyUI does, without starting a server.
+IMPORT_PACKAGE = textwrap.dedent("""
+    import importlib.util, sys
     sys.path.insert(0, sys.argv[1])
     import comfy.options
     from comfy.cli_args import args
@@ -161,6 +163,17 @@ SCHEMA_CHECK = textwrap.dedent("""
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_streamedit"] = pkg
     spec.loader.exec_module(pkg)
+""")
+
+
+def run_with_package(script: str) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter with ComfyUI on the path and our package imported."""
+    return subprocess.run([sys.executable, "-c", IMPORT_PACKAGE + script, str(COMFYUI_ROOT), str(REPO)],
+                          capture_output=True, text=True, timeout=180)
+
+
+SCHEMA_CHECK = textwrap.dedent("""
+    import inspect, json
     from comfyui_streamedit.nodes import NODES, register_folders
     register_folders()
     problems = []
@@ -184,24 +197,13 @@ SCHEMA_CHECK = textwrap.dedent("""
 def test_every_execute_matches_its_schema():
     """Each node's execute() takes exactly its schema's inputs, in order; optional inputs (what an
     older saved workflow may lack) have the same default in both."""
-    out = subprocess.run([sys.executable, "-c", SCHEMA_CHECK, str(COMFYUI_ROOT), str(REPO)],
-                         capture_output=True, text=True, timeout=180)
+    out = run_with_package(SCHEMA_CHECK)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 FREE_RACE_CHECK = textwrap.dedent("""
-    import importlib.util, sys, threading, weakref
-    sys.path.insert(0, sys.argv[1])
-    import comfy.options
-    from comfy.cli_args import args
-    args.cpu = True
-    repo = sys.argv[2]
-    spec = importlib.util.spec_from_file_location("comfyui_streamedit", repo + "/__init__.py",
-                                                  submodule_search_locations=[repo])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_streamedit"] = pkg
-    spec.loader.exec_module(pkg)
+    import threading, weakref
     from comfyui_streamedit.nodes.streaming import StreamRegistry
 
     class Model:  # stands in for a ModelPatcher that only the stream still holds
@@ -226,8 +228,7 @@ def test_free_releases_stream_state_on_the_worker_thread():
     """/free drops streams from the server thread; what they held (possibly a model's last
     reference, whose release runs ComfyUI's model finalizer) is released by the worker, never
     concurrently with the worker's own unloading (that race killed the worker thread)."""
-    out = subprocess.run([sys.executable, "-c", FREE_RACE_CHECK, str(COMFYUI_ROOT), str(REPO)],
-                         capture_output=True, text=True, timeout=180)
+    out = run_with_package(FREE_RACE_CHECK)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
