@@ -175,6 +175,12 @@ class StreamEditDiT(nn.Module):
         self.final_norm = ops.LayerNorm(D, elementwise_affine=False, eps=1e-6, **kw)
         self.final_modulation = nn.Sequential(nn.SiLU(), ops.Linear(D, 2 * D, **kw))
         self.final_linear = ops.Linear(D, C * p * p, **kw)
+        K = C * p * p
+        # The prompt's linear edit map (cfg.edit_map_rank): pooled text -> coefficients over a
+        # learned basis of K x K matrices (+ biases); see DiTConfig.edit_map_rank.
+        self.edit_map = (nn.Sequential(ops.Linear(D, cfg.edit_map_rank, **kw),
+                                       ops.Linear(cfg.edit_map_rank, K * K + K, **kw))
+                         if cfg.edit_map_rank else None)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -200,6 +206,9 @@ class StreamEditDiT(nn.Module):
         # Zero output layer: the untrained model predicts zero velocity.
         nn.init.zeros_(self.final_linear.weight)
         nn.init.zeros_(self.final_linear.bias)
+        if self.edit_map is not None:  # the untrained map is zero: x0 = source
+            nn.init.zeros_(self.edit_map[-1].weight)
+            nn.init.zeros_(self.edit_map[-1].bias)
 
     # -- input checks and embeddings --
 
@@ -312,7 +321,8 @@ class StreamEditDiT(nn.Module):
         tokens = self._patchify(xc.to(dtype))  # [B, T, N, 2*C*p*p]
         pos = sincos_2d(gh, gw, self.cfg.hidden_size, x.device).to(dtype)  # [N, D]
         hs = self.patch_embed(tokens) + pos + self.temporal_pos[:T, None]  # [B, T, N, D]
-        c = self.t_embedder(t) + self.pool_text(text)[:, None]  # [B, T, D]
+        pooled = self.pool_text(text)  # [B, D]
+        c = self.t_embedder(t) + pooled[:, None]  # [B, T, D]
         history = (t == 0).to(dtype)  # [B, T]; tensor op, no host sync
         text_tokens, text_mask = self.embed_text(text)
 
@@ -336,6 +346,13 @@ class StreamEditDiT(nn.Module):
 
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
+        if self.edit_map is not None:
+            K = out.shape[-1]
+            # Unit-RMS input: the pooled text starts tiny (its MLP's small init), and the map's
+            # learning rate should not wait for it to grow.
+            ab = self.edit_map(F.layer_norm(pooled.to(dtype), pooled.shape[-1:]))  # [B, K*K + K]
+            A, b = ab[:, :K * K].view(B, 1, K, K), ab[:, K * K:].view(B, 1, 1, K)
+            out = out + torch.matmul(tokens[..., K:], A.transpose(-1, -2)) + b  # source patches
         out = self._unpatchify(out, h + ph, w + pw)[..., :h, :w]  # [B, C, T, h, w]
         if self.cfg.prediction == "source_residual":
             # x0 = source + residual; v = (x_t - x0) / t, in fp32 (a division by a small t).

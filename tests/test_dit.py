@@ -101,6 +101,31 @@ def test_source_residual_prediction_starts_as_the_identity_edit():
         dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, prediction="eps"))
 
 
+def test_edit_map_adds_the_prompts_linear_map_of_the_source():
+    cfg = dataclasses.replace(CFG, prediction="source_residual", edit_map_rank=4)
+    model = StreamEditDiT(cfg)
+    x, t, cond, text = _inputs()
+
+    def x0(text):
+        return (x - t[:, None, :, None, None] * model(x, t, cond, text))[:, :, 1:]  # in-flight frames
+
+    torch.testing.assert_close(x0(text), cond[:, :, 1:])  # the untrained map is zero
+    # A = -0.5 I, b = 0.25 for every prompt (the last layer's bias): x0 = 0.5 source + 0.25,
+    # in every position of the 2x2 patches.
+    K = 12 * cfg.patch_size ** 2
+    with torch.no_grad():
+        model.edit_map[-1].bias[:K * K] = (-0.5 * torch.eye(K)).flatten()
+        model.edit_map[-1].bias[K * K:] = 0.25
+    torch.testing.assert_close(x0(text), 0.5 * cond[:, :, 1:] + 0.25)
+    # With weights, the pooled prompt picks the map: another prompt, another x0.
+    with torch.no_grad():
+        model.edit_map[-1].weight.normal_(std=0.1)
+    other = TextEmbedding((torch.randn_like(text.states[0]),), text.masks)
+    assert not torch.allclose(x0(text), x0(other), atol=1e-3)
+    with pytest.raises(ValueError, match="edit_map_rank=4 must be >= 0, and > 0 only with prediction"):
+        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, edit_map_rank=4))
+
+
 def test_timestep_of_one_frame_changes_the_output():
     model = _model()
     x, t, cond, text = _inputs()

@@ -94,6 +94,29 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert steps_logged == [3, 5]
 
 
+def test_stle_from_reuses_an_earlier_runs_stle(tiny_configs: Path, tmp_path: Path) -> None:
+    from streamedit_core.model import StreamEditModel
+
+    common = ["--config-dir", str(tiny_configs), "--budget-minutes", "5", "--latent-samples", "4", "--no-eval"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_demo.main(["--out", str(first), "--stages", "stle", *common]) == 0
+    assert train_demo.main(["--out", str(second), "--stle-from", str(first), "--stages", "dit", *common]) == 0
+    # Stage 1 is not trained again: the earlier STLE next to a fresh DiT of the preset.
+    assert not (second / "stle" / "metrics.jsonl").exists()
+    reused = load_checkpoint(second / "stle" / "model.safetensors")
+    trained = load_checkpoint(first / "stle" / "model.safetensors")
+    fresh = StreamEditModel.from_preset("tiny", seed=0)
+    for name, t in trained.stle.state_dict().items():
+        assert torch.equal(t, reused.stle.state_dict()[name]), name
+    for name, t in fresh.dit.state_dict().items():
+        assert torch.equal(t, reused.dit.state_dict()[name]), name
+    summary = json.loads((second / "stle" / "stage.json").read_text())
+    assert summary["reused_from"] == str(first / "stle" / "model.safetensors")
+    assert json.loads((second / "dit" / "stage.json").read_text())["steps"] == 3
+    with pytest.raises(SystemExit, match="--stle-from .*nowhere: no finished STLE stage there"):
+        train_demo.main(["--out", str(tmp_path / "third"), "--stle-from", str(tmp_path / "nowhere")])
+
+
 def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown stages \\['finetune'\\]"):
         train_demo.main(["--out", str(tmp_path), "--stages", "stle,finetune"])
