@@ -253,6 +253,26 @@ class StreamEditDiT(nn.Module):
         means = text.to(self.text_registers.device, self.text_registers.dtype).token_means()
         return sum(mlp(mean) for mlp, mean in zip(self.text_pool, means))
 
+    def _edit_map(self, pooled: Tensor, source: Tensor) -> Tensor:
+        """The prompt's linear map of the source patches: pooled [B, D], source [B, T, N, K] ->
+        A(prompt) @ source + b(prompt), [B, T, N, K]."""
+        B, K = source.shape[0], source.shape[-1]
+        # Unit-RMS input: the pooled text starts tiny (its MLP's small init), and the map's
+        # learning rate should not wait for it to grow.
+        ab = self.edit_map(F.layer_norm(pooled.to(source.dtype), pooled.shape[-1:]))  # [B, K*K + K]
+        A, b = ab[:, :K * K].view(B, 1, K, K), ab[:, K * K:].view(B, 1, 1, K)
+        return torch.matmul(source, A.transpose(-1, -2)) + b
+
+    def edit_map_residual(self, cond: Tensor, text: TextEmbedding) -> Tensor:
+        """The edit map's part of the x0 residual alone (no transformer): cond [B, C, T, h, w]
+        (the source latents, h and w multiples of the patch size) -> [B, C, T, h, w]. What
+        `train.trainer.Trainer.fit_edit_map` fits before the DiT trains."""
+        if self.edit_map is None:
+            raise ValueError("this DiT has no edit map (edit_map_rank = 0)")
+        h, w = cond.shape[-2:]
+        source = self._patchify(cond.to(self.patch_embed.weight.dtype))  # [B, T, N, K]
+        return self._unpatchify(self._edit_map(self.pool_text(text), source), h, w)
+
     def _patchify(self, x: Tensor) -> Tensor:
         """[B, C, T, h, w] -> [B, T, N, C*p*p] with N = (h/p) * (w/p), row-major over the grid."""
         B, C, T, h, w = x.shape
@@ -305,7 +325,7 @@ class StreamEditDiT(nn.Module):
         backend = self.cfg.attention if attention is None else attention
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; expected one of {ATTENTION_BACKENDS}")
-        B, _, T, h, w = x.shape
+        T, h, w = x.shape[2:]
         # Any latent size works: the grid is padded (edge-replicated) to a multiple of 2 patches,
         # which the patching and the 2x2 merge need, and the output is cropped back. Users then
         # only need frames that are a multiple of the STLE's 8 pixels.
@@ -347,12 +367,7 @@ class StreamEditDiT(nn.Module):
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         out = self.final_linear(modulate(self.final_norm(hs), shift, scale))  # [B, T, N, C*p*p]
         if self.edit_map is not None:
-            K = out.shape[-1]
-            # Unit-RMS input: the pooled text starts tiny (its MLP's small init), and the map's
-            # learning rate should not wait for it to grow.
-            ab = self.edit_map(F.layer_norm(pooled.to(dtype), pooled.shape[-1:]))  # [B, K*K + K]
-            A, b = ab[:, :K * K].view(B, 1, K, K), ab[:, K * K:].view(B, 1, 1, K)
-            out = out + torch.matmul(tokens[..., K:], A.transpose(-1, -2)) + b  # source patches
+            out = out + self._edit_map(pooled, tokens[..., out.shape[-1]:])  # of the source patches
         out = self._unpatchify(out, h + ph, w + pw)[..., :h, :w]  # [B, C, T, h, w]
         if self.cfg.prediction == "source_residual":
             # x0 = source + residual; v = (x_t - x0) / t, in fp32 (a division by a small t).

@@ -1,5 +1,6 @@
 """Training: losses, ASW partitions, loss goes down (STLE and DiT, one through the real MiniLM),
 resume == uninterrupted, config and CLI errors."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -267,3 +268,46 @@ def test_text_noise_perturbs_real_tokens_only_and_is_seeded(tmp_path):
     assert not torch.equal(tr._noisy_text(clean, [2, 3]).states[0], n)
     with pytest.raises(ValueError, match="text_noise must be >= 0"):
         _cfg(tmp_path, text_noise=-0.1)
+
+
+def test_edit_map_fit_trains_only_the_map_and_lowers_its_loss(tmp_path):
+    from streamedit_core.checkpoint import save_checkpoint
+    from streamedit_core.config import PRESETS
+    from streamedit_core.model import StreamEditModel
+    from streamedit_core.train.data import collate
+
+    tiny = PRESETS["tiny"]
+    cfg = dataclasses.replace(tiny, dit=dataclasses.replace(tiny.dit, prediction="source_residual",
+                                                            edit_map_rank=4))
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(StreamEditModel(cfg), init)
+    fresh = Trainer(_cfg(tmp_path, init_checkpoint=str(init), prompt_dropout=0.0))
+    fitted = Trainer(_cfg(tmp_path, init_checkpoint=str(init), prompt_dropout=0.0, edit_map_steps=40,
+                          edit_map_batch=2, edit_map_lr=1e-2))
+
+    batch = collate([fresh.dataset[p] for p in (0, 1)])
+    src, x0, _, t, text, _ = fresh._window(batch, [0, 1], step=0)
+
+    def map_loss(trainer):
+        with torch.no_grad():
+            return float((trainer.model.dit.edit_map_residual(src, text) - (x0 - src)).pow(2).mean())
+
+    assert map_loss(fitted) < 0.7 * map_loss(fresh)
+    changed = {n for (n, a), b in zip(fresh.model.dit.named_parameters(), fitted.model.dit.parameters())
+               if not torch.equal(a, b)}
+    assert changed and all(n.startswith(("text_pool.", "edit_map.")) for n in changed), sorted(changed)
+    assert all(not p.requires_grad or p.grad is None for p in fitted.model.dit.text_pool.parameters())
+    # The DiT's x0 is the source plus exactly this map while its transformer output is still zero.
+    dit = fitted.model.dit.eval()
+    with torch.no_grad():
+        v = dit(src, t, src, text)
+        x0_pred = src - t[:, None, :, None, None] * v
+        expected = src + dit.edit_map_residual(src, text)
+    in_flight = t > 0
+    torch.testing.assert_close(x0_pred.movedim(2, 1)[in_flight], expected.movedim(2, 1)[in_flight],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs a DiT with an edit map"):
+        Trainer(_cfg(tmp_path, edit_map_steps=2))
+    with pytest.raises(ValueError, match="edit_map_steps is for task 'dit'"):
+        _cfg(tmp_path, task="distill", edit_map_steps=2)

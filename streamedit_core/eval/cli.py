@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument("--steps", type=int, default=None, help="denoising levels (default: the model's)")
     p.add_argument("--baseline", default="none", choices=BASELINES,
-                   help="also run a baseline: per-frame (no history window) or full-steps "
-                        "(offline teacher over the whole clip)")
+                   help="also run a baseline: per-frame (no history window), full-steps "
+                        "(offline teacher over the whole clip) or stle-round-trip (the ground truth "
+                        "encoded and decoded: the ceiling of any output through this STLE)")
     p.add_argument("--full-steps", type=int, default=24, help="Euler steps of the full-steps baseline")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--text-ensemble", default=None,

@@ -3,7 +3,9 @@
 Methods: "ours" (the StreamEditor as configured: streaming, history window), and two
 baselines: "per-frame" (the same editor with no history, window_min = window_max = 0, so each
 latent frame is edited without seeing the ones before it) and "full-steps" (the offline
-teacher: the whole clip at once with many Euler steps, `sampler.sample_offline`).
+teacher: the whole clip at once with many Euler steps, `sampler.sample_offline`). And one
+reference, "stle-round-trip": the ground truth encoded and decoded by the model's STLE, the
+best that any output through this STLE can score (its ceiling on every metric).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .metrics import clip_metrics, overall_quality
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("none", "per-frame", "full-steps")
+BASELINES = ("none", "per-frame", "full-steps", "stle-round-trip")
 
 
 def edit_stream(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int | None = None,
@@ -38,17 +40,28 @@ def edit_stream(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int | 
 def edit_offline(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int = 24) -> Tensor:
     """The offline teacher's output for the pair: STLE-encode the whole clip, `steps` Euler
     steps over all latent frames at once, decode. Frames [T, H, W, 3] float32 on the CPU."""
-    src = pair.source
-    t = src.shape[0]
-    x = pad_tail(src, model.config.temporal_stride)  # whole latent frames, as StreamEditor.flush
-    x = x.permute(3, 0, 1, 2).unsqueeze(0).to(model.device, model.dtype)  # [1, 3, T, H, W]
-    latents = model.stle.encode(x)
+    t = pair.source.shape[0]
+    latents = model.stle.encode(_stle_input(model, pair.source))
     text = text_encoder.encode([pair.prompt])
     gen = torch.Generator(device="cpu").manual_seed(seed)
     sampler = model.config.sampler
     edited = sample_offline(model, latents, text, steps, shift=sampler.shift, generator=gen)
     out = model.stle.decode(edited.to(model.dtype))  # [1, 3, T', H, W]
     return out[0].permute(1, 2, 3, 0)[:t].float().cpu()
+
+
+@torch.no_grad()
+def stle_round_trip(model, clip: Tensor) -> Tensor:
+    """clip [T, H, W, 3] encoded and decoded by the model's STLE: [T, H, W, 3] float32 on the CPU."""
+    out = model.stle.decode(model.stle.encode(_stle_input(model, clip)))
+    return out[0].permute(1, 2, 3, 0)[:clip.shape[0]].float().cpu()
+
+
+def _stle_input(model, clip: Tensor) -> Tensor:
+    """clip [T, H, W, 3] -> [1, 3, T', H, W] on the model's device and dtype, padded to whole
+    latent frames by repeating the last frame (as StreamEditor.flush)."""
+    x = pad_tail(clip, model.config.temporal_stride)
+    return x.permute(3, 0, 1, 2).unsqueeze(0).to(model.device, model.dtype)
 
 
 def score(output: Tensor, pair: Pair, classifier: EditClassifier) -> dict[str, Any]:
@@ -75,6 +88,8 @@ def run_method(method: str, model, text_encoder, pairs: list[Pair], classifier: 
             out = edit_stream(model, text_encoder, pair, seed=seed, steps=steps, history=False)
         elif method == "full-steps":
             out = edit_offline(model, text_encoder, pair, seed=seed, steps=full_steps)
+        elif method == "stle-round-trip":
+            out = stle_round_trip(model, pair.target)
         else:
             raise ValueError(f"unknown method {method!r}; expected 'ours' or one of {BASELINES[1:]}")
         rows.append(score(out, pair, classifier))

@@ -66,6 +66,14 @@ class TrainConfig:
     # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
     # noisy input already shows the target, while a deterministic edit is decided at high ones.
     loss_weighting: str = "flow"
+    # Task dit, models with an edit map (DiTConfig.edit_map_rank), a fresh start only: first fit
+    # the prompt's linear edit map alone (the pooled-text MLP and the map; no transformer, so a
+    # step costs ~1 % of a DiT step) to the x0 residual, target - source, for edit_map_steps steps
+    # of edit_map_batch samples at peak rate edit_map_lr (cosine). The DiT then starts from the
+    # best linear edit instead of "no edit" (Trainer.fit_edit_map).
+    edit_map_steps: int = 0
+    edit_map_batch: int = 64
+    edit_map_lr: float = 3e-3
     # STLE objective
     ssim_weight: float = 0.2
     stream_weight: float = 0.1  # consistency of a stream started one latent frame later
@@ -108,6 +116,11 @@ class TrainConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; expected one of {LR_DECAYS}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+        if self.edit_map_steps < 0 or self.edit_map_batch < 1 or self.edit_map_lr <= 0:
+            raise ValueError(f"need edit_map_steps >= 0, edit_map_batch >= 1, edit_map_lr > 0; got "
+                             f"{self.edit_map_steps}, {self.edit_map_batch}, {self.edit_map_lr}")
+        if self.edit_map_steps and self.task != "dit":
+            raise ValueError(f"edit_map_steps is for task 'dit' (a fresh DiT), not {self.task!r}")
         if self.text_noise < 0:
             raise ValueError(f"text_noise must be >= 0, got {self.text_noise}")
         if not 0.0 <= self.prompt_dropout <= 1.0:

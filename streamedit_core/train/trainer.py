@@ -132,6 +132,16 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         if cfg.task == "stle" and not cfg.init_checkpoint:  # from scratch: start at PCA
             init_linear_path(self.model.stle, self.dataset)
+        # Text: the prompts of the data set are encoded once, here.
+        self.text = None
+        if cfg.task != "stle":
+            encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
+            prompts = self.dataset.all_prompts() if hasattr(self.dataset, "all_prompts") else []
+            self.text = TextBank(encoder, [""] + list(prompts))
+        if cfg.edit_map_steps:  # before any wrapping: plain modules, identical on every rank
+            self.fit_edit_map()
+
+        # Trained module, its parallel wrapper, optimizer and EMA.
         if cfg.task == "stle":
             self.trained: nn.Module = self.model.stle
             objective: nn.Module = STLEObjective(self.model.stle)
@@ -152,12 +162,6 @@ class Trainer:
                                            weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
         self.ema = ({n: p.detach().clone().float() for n, p in self.params} if cfg.ema_decay > 0 else None)
 
-        # 2. Text (the prompts of the data set are encoded once, here).
-        self.text = None
-        if cfg.task != "stle":
-            encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
-            prompts = self.dataset.all_prompts() if hasattr(self.dataset, "all_prompts") else []
-            self.text = TextBank(encoder, [""] + list(prompts))
         self.step = 0
         self.round = -1  # distillation round the teacher belongs to
 
@@ -232,6 +236,41 @@ class Trainer:
                                        src if cfg.motion_compensation else None)
         return fm + cfg.temporal_weight * tc, {"flow": fm.detach(), "temporal": tc.detach()}
 
+    def fit_edit_map(self) -> float:
+        """Fit the fresh DiT's linear edit map alone (cfg.edit_map_steps; see TrainConfig): the
+        x0 residual target - source from the map of the source, read from the prompt by the
+        pooled-text MLP, with the DiT stage's prompt dropout and text noise. Every rank fits the
+        same batches from the same seed, so the ranks agree without talking. Returns the last loss.
+
+        Why: the map is the most direct path from a prompt to a global edit, and read alone it
+        fits in a minute what the whole DiT had not fitted after an hour (2026-11-30, demo run 4's
+        latents: 2,000 map steps in 46 s scored 20.4 dB on the first 26 test pairs as they are;
+        1,400 DiT steps, 10 minutes, 18.8 dB)."""
+        cfg, dit = self.cfg, self.model.dit
+        if dit.edit_map is None:
+            raise ValueError("edit_map_steps > 0 needs a DiT with an edit map (DiTConfig.edit_map_rank > 0)")
+        params = [*dit.text_pool.parameters(), *dit.edit_map.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=cfg.edit_map_lr, weight_decay=cfg.weight_decay)
+        n, batch_size, t0 = cfg.edit_map_steps, cfg.edit_map_batch, time.perf_counter()
+        for step in range(n):
+            for group in opt.param_groups:
+                group["lr"] = scheduled_lr(cfg.edit_map_lr, step, n, min(50, n // 10), cosine=True)
+            (positions, batch), = iterate_batches(self.dataset, step, batch_size, batch_size, 0, 1)
+            src, x0, _, _, text, _ = self._window(batch, positions, step)
+            loss = (dit.edit_map_residual(src, text) - (x0 - src)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        last = float(loss.detach())
+        log.info("edit map fitted alone: %d steps of %d samples in %.0f s, loss %.4f",
+                 n, batch_size, time.perf_counter() - t0, last)
+        return last
+
     def stle_loss(self, batch: dict, positions: list[int], step: int) -> tuple[Tensor, dict]:
         frames = torch.cat([batch["source"], batch["target"]]).to(self.info.device)
         with self._autocast():
@@ -278,12 +317,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup over warmup_steps, then constant or (lr_decay "cosine") down to 0 at `steps`."""
         cfg = self.cfg
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        if cfg.lr_decay == "cosine":
-            progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return cfg.lr
+        return scheduled_lr(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay == "cosine")
 
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
@@ -454,6 +488,16 @@ class Trainer:
 
 
 @torch.no_grad()
+def scheduled_lr(peak: float, step: int, steps: int, warmup: int, cosine: bool) -> float:
+    """Linear warmup over `warmup` steps, then constant or (cosine) down to 0 at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if cosine:
+        progress = (step - warmup) / max(1, steps - warmup)
+        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak
+
+
 def init_linear_path(stle: nn.Module, dataset, samples: int = 32) -> None:
     """PCA start for a new STLE (see `STLE.init_linear_path`), fitted on the first `samples`
     data items, sources and edited targets both (the STLE codes the edited video too)."""
