@@ -79,6 +79,13 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     meta = json.loads(read_checkpoint_metadata(export)["stages"])
     assert [s["stage"] for s in meta] == list(train_demo.STAGES)
 
+    # Eval on 2 test pairs: the metrics, and the ceiling (the ground truth through the STLE).
+    result = train_demo.evaluate(export, out / "eval", limit=2, steps=2)
+    assert result["pairs"] == 2 and set(result["targets_met"]) == set(train_demo.TARGETS)
+    assert 0 <= result["adherence"] <= 1 and 0 <= result["ceiling_adherence"] <= 1
+    assert result["ceiling_psnr"] > 0 and result["flicker_ratio"] > 0
+    assert "Ceiling (the ground truth encoded and decoded by this STLE)" in (out / "eval" / "eval.md").read_text()
+
     # A rerun finds every stage done: nothing is trained again.
     before = {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
     assert train_demo.main(argv) == 0
