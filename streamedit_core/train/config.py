@@ -66,11 +66,12 @@ class TrainConfig:
     # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
     # noisy input already shows the target, while a deterministic edit is decided at high ones.
     loss_weighting: str = "flow"
-    # Task dit, models with an edit map (DiTConfig.edit_map_rank), a fresh start only: first fit
-    # the prompt's linear edit map alone (the pooled-text MLP and the map; no transformer, so a
-    # step costs ~1 % of a DiT step) to the x0 residual, target - source, for edit_map_steps steps
-    # of edit_map_batch samples at peak rate edit_map_lr (cosine). The DiT then starts from the
-    # best linear edit instead of "no edit" (Trainer.fit_edit_map).
+    # Task dit, models with an edit map (DiTConfig.edit_map_rank): before the first step, fit the
+    # prompt's linear edit map alone (the pooled-text MLP and the map, no transformer: a step of
+    # 64 latent samples took 75 ms against 300 ms for a DiT step of 16 on 2 CPU cores) to the x0
+    # residual, target - source, for edit_map_steps steps of edit_map_batch samples at peak rate
+    # edit_map_lr (cosine). The DiT then starts from the best linear edit instead of "no edit"
+    # (Trainer.fit_edit_map).
     edit_map_steps: int = 0
     edit_map_batch: int = 64
     edit_map_lr: float = 3e-3
