@@ -244,9 +244,9 @@ class Trainer:
 
         Why: the map is the most direct path from a prompt to a global edit, and fitted alone it
         gets in minutes most of what the DiT of run 5 learned in an hour (21.3 dB on all 60 test
-        pairs; measured 2026-11-30 on demo run 4's latents:
-        2,000 map steps scored 20.4 dB on the first 26 test pairs with no DiT step at all; 1,400
-        DiT steps from a zero map, 10 minutes, 18.8 dB; the same steps after the fit, 20.65 dB).
+        pairs). Measured 2026-11-30 on demo run 4's latents, first 26 test pairs: 2,000 map steps
+        and no DiT step, 20.4 dB; 1,400 DiT steps from a zero map (10 minutes), 18.8 dB; the
+        same steps after the fit, 20.65 dB.
         A resumed run fits too, and then loads its saved state over the result."""
         cfg, dit = self.cfg, self.model.dit
         if dit.edit_map is None:
