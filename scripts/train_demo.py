@@ -52,9 +52,11 @@ SHARES = {"stle": 0.15, "dit": 0.7, "distill": 0.15}
 LATENT_SAMPLES = 3000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (50 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
 # (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)
-# Steady-state steps ran up to ~3% slower than calibrated on the shared 2-core machine (2026-11-23
-# run 2: 0.487 s against 0.474 s); the margin leaves room for that and for logging/saving.
-CALIBRATION_MARGIN = 1.1
+# Steady-state DiT steps ran slower than calibrated on the 2-core machine: 3 % in run 2 (0.487 s
+# against 0.474), 13 % in run 5 (0.368 against 0.325), 26 % in run 6 (0.377 against 0.30): a
+# short quiet calibration flatters a long run. With too small a margin the DiT overruns its share
+# and the overrun comes out of distillation, the last stage; the margin keeps it there.
+CALIBRATION_MARGIN = 1.25
 EXPORT_NAME = "streamedit-demo.safetensors"
 MAX_EXPORT_MB = 40.0
 # The acceptance targets, on the test split at 6 steps.
