@@ -231,17 +231,12 @@ def flicker(clip: torch.Tensor) -> float:
     return float(clip.diff(dim=0).abs().mean()) if clip.shape[0] > 1 else 0.0
 
 
-@torch.no_grad()
 def stle_psnr(model, pairs) -> float:
     """Mean PSNR of STLE encode -> decode over the pairs' source clips."""
     from streamedit_core.eval.metrics import psnr
+    from streamedit_core.eval.runner import stle_round_trip
 
-    vals = []
-    for pair in pairs:
-        x = pair.source.permute(3, 0, 1, 2).unsqueeze(0).to(model.device, model.dtype)  # [1, 3, T, H, W]
-        recon = model.stle.decode(model.stle.encode(x))[0].permute(1, 2, 3, 0).float().cpu()
-        vals.append(psnr(recon[: pair.source.shape[0]], pair.source))
-    return sum(vals) / len(vals)
+    return sum(psnr(stle_round_trip(model, p.source), p.source) for p in pairs) / len(pairs)
 
 
 def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> dict:
