@@ -2,6 +2,7 @@
 and the batch order that makes runs independent of the rank / accumulation split."""
 import json
 import logging
+import pickle
 
 import pytest
 import torch
@@ -93,6 +94,9 @@ def test_latent_shards_round_trip(tmp_path, tiny_model):
     assert item["target_latents"].shape == (12, 2, 4, 4)
     if row is not None:
         torch.testing.assert_close(item["target_latents"], want[row], atol=1e-5, rtol=1e-5)
+    # a spawned loader worker gets a pickled copy: it opens its own shard handles
+    copy = pickle.loads(pickle.dumps(shards))
+    torch.testing.assert_close(copy.row(2)["target_latents"], want[2], atol=1e-5, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="no latent shards"):
         LatentShardDataset(tmp_path)
     # DiT training reads them instead of running the STLE
