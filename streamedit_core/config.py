@@ -18,6 +18,7 @@ ATTENTION_BACKENDS = ("dense", "window", "dsa")
 # velocity: v directly. source_residual: the clean latent as source + residual, v = (x_t - x0) / t,
 # so the untrained model already edits nothing (x0 = source), and small edits are small outputs.
 PREDICTIONS = ("velocity", "source_residual")
+TEXT_POOLINGS = ("mean", "attention")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class DiTConfig:
     # matrix, an exposure change) is one such map in latent space, which the blocks, reading
     # unit-norm tokens, learn only slowly. The blocks add what is not linear.
     edit_map_rank: int = 0
+    # How the pooled text vector (modulation and edit map) reads each member's token states, one
+    # of TEXT_POOLINGS: "mean" over the real tokens, or "attention", a learned softmax weighting
+    # of them. Attention can pick out the words that name the edit ("warm" in "give it a warm
+    # tint") instead of averaging them with template words that every edit shares.
+    text_pooling: str = "mean"
 
     @property
     def depth(self) -> int:
@@ -112,6 +118,8 @@ class ModelConfig:
         if self.dit.edit_map_rank < 0 or (self.dit.edit_map_rank and self.dit.prediction != "source_residual"):
             raise ValueError(f"edit_map_rank={self.dit.edit_map_rank} must be >= 0, and > 0 only with "
                              f"prediction 'source_residual' (got {self.dit.prediction!r})")
+        if self.dit.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"unknown text pooling {self.dit.text_pooling!r}; expected one of {TEXT_POOLINGS}")
         for m in self.dit.text_members:
             if m.kind not in TEXT_KINDS:
                 raise ValueError(f"unknown text member kind {m.kind!r}; expected one of {TEXT_KINDS}")
@@ -204,7 +212,7 @@ PRESETS: dict[str, ModelConfig] = {
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=96),
         dit=DiTConfig(latent_channels=96, patch_size=1, hidden_size=256, num_heads=4, depth_outer=1,
                       depth_inner=4, text_members=(_MINILM,), dsa_block_size=64,
-                      prediction="source_residual", edit_map_rank=64),
+                      prediction="source_residual", edit_map_rank=64, text_pooling="attention"),
     ),
     "2b": ModelConfig(
         name="2b",

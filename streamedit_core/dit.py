@@ -23,6 +23,7 @@ from .config import ATTENTION_BACKENDS, DiTConfig
 from .types import TextEmbedding
 
 NUM_TEXT_REGISTERS = 4  # learned text tokens that are always attended: the null prompt stays defined
+TEXT_POOL_SCORE_DIM = 64  # hidden width of the "attention" text pooling's per-token score
 
 
 # --- Embeddings -----------------------------------------------------------------------------
@@ -55,6 +56,14 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         return self.mlp(sincos_1d(1000.0 * t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def attention_pool(score: nn.Module, states: Tensor, mask: Tensor) -> Tensor:
+    """states [B, L, d], mask [B, L] bool -> [B, d]: the states weighted by softmax(score(state))
+    over the real tokens; zeros for a row without any (the null prompt)."""
+    logits = score(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min)  # [B, L]
+    weights = torch.softmax(logits, dim=-1) * mask  # an all-padding row: uniform * 0 = 0
+    return (weights.unsqueeze(-1) * states).sum(1)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -162,6 +171,11 @@ class StreamEditDiT(nn.Module):
         self.text_pool = nn.ModuleList(
             nn.Sequential(ops.Linear(m.dim, D, **kw), nn.SiLU(), ops.Linear(D, D, **kw))
             for m in cfg.text_members)
+        # cfg.text_pooling "attention": a score per token of each member, softmaxed over its real tokens.
+        self.text_pool_score = (nn.ModuleList(
+            nn.Sequential(ops.Linear(m.dim, TEXT_POOL_SCORE_DIM, **kw), nn.Tanh(),
+                          ops.Linear(TEXT_POOL_SCORE_DIM, 1, **kw))
+            for m in cfg.text_members) if cfg.text_pooling == "attention" else None)
 
         def blocks(n: int) -> nn.ModuleList:
             return nn.ModuleList(StreamEditBlock(cfg, operations=ops, **kw) for _ in range(n))
@@ -248,10 +262,15 @@ class StreamEditDiT(nn.Module):
         return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
 
     def pool_text(self, text: TextEmbedding) -> Tensor:
-        """Each member's mean over its real tokens (zeros for the null prompt) through its MLP,
-        summed: [B, D], added to every frame's timestep embedding."""
-        means = text.to(self.text_registers.device, self.text_registers.dtype).token_means()
-        return sum(mlp(mean) for mlp, mean in zip(self.text_pool, means))
+        """Each member's pooled real tokens (cfg.text_pooling; zeros for the null prompt) through
+        its MLP, summed: [B, D], added to every frame's timestep embedding."""
+        text = text.to(self.text_registers.device, self.text_registers.dtype)
+        if self.text_pool_score is None:
+            pooled = text.token_means()
+        else:
+            pooled = tuple(attention_pool(score, s, m)
+                           for score, s, m in zip(self.text_pool_score, text.states, text.masks))
+        return sum(mlp(p) for mlp, p in zip(self.text_pool, pooled))
 
     def _edit_map(self, pooled: Tensor, source: Tensor) -> Tensor:
         """The prompt's linear map of the source patches: pooled [B, D], source [B, T, N, K] ->

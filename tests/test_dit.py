@@ -89,6 +89,37 @@ def test_pooled_prompt_modulates_every_block():
     torch.testing.assert_close(model.pool_text(null), mlp(torch.zeros(2, 384)))
 
 
+def test_attention_pooling_weights_the_real_tokens_by_their_scores():
+    model = _model(dataclasses.replace(CFG, text_pooling="attention"))
+    x, t, cond, text = _inputs()
+    states, mask = text.states[0], text.masks[0]
+    score, mlp = model.text_pool_score[0], model.text_pool[0]
+    # by hand: softmax of the scores over the 5 real tokens
+    w = torch.softmax(score(states[:, :5]).squeeze(-1), dim=-1)  # [B, 5]
+    torch.testing.assert_close(model.pool_text(text), mlp((w[..., None] * states[:, :5]).sum(1)))
+    # the null prompt pools to zeros, and padding never counts
+    null = TextEmbedding(text.states, (torch.zeros_like(mask),))
+    torch.testing.assert_close(model.pool_text(null), mlp(torch.zeros(2, 384)))
+    padded = states.clone()
+    padded[:, 5:] = 1e3 * torch.randn_like(padded[:, 5:])
+    torch.testing.assert_close(model(x, t, cond, TextEmbedding((padded,), text.masks)), model(x, t, cond, text))
+    # a token whose score dominates is what the pooled vector reads
+    with torch.no_grad():
+        score[-1].weight.zero_()
+        score[-1].bias.zero_()
+        score[-1].weight[0, 0] = 1e4
+    picked = states.clone()
+    picked[:, 2, 0] = 10.0  # token 2 scores highest through hidden unit 0 (tanh saturates ~ 1)
+    with torch.no_grad():
+        score[0].weight.zero_()
+        score[0].bias.zero_()
+        score[0].weight[0, 0] = 1.0
+    torch.testing.assert_close(model.pool_text(TextEmbedding((picked,), text.masks)), mlp(picked[:, 2]))
+    assert model.text_pool_score is not None and _model().text_pool_score is None  # "mean": none
+    with pytest.raises(ValueError, match="unknown text pooling 'max'"):
+        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, text_pooling="max"))
+
+
 def test_source_residual_prediction_starts_as_the_identity_edit():
     # x0 = source + residual: the untrained model's one Euler step from t to 0 lands on the source.
     model = StreamEditDiT(dataclasses.replace(CFG, prediction="source_residual"))
