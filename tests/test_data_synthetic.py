@@ -19,7 +19,8 @@ def test_families_are_many_and_well_formed():
 
 
 def test_no_prompt_is_shared_between_families():
-    prompts = [p.lower() for f in synthetic.FAMILIES.values() for p in f.paraphrases + f.train_only]
+    prompts = [p.lower() for f in synthetic.FAMILIES.values()
+               for p in set(f.paraphrases + f.train_only + f.templated())]
     assert len(prompts) == len(set(prompts))
 
 
@@ -29,10 +30,40 @@ def test_splits_partition_photos_and_paraphrases_deterministically():
     for name, fam in synthetic.FAMILIES.items():
         parts = [synthetic.split_paraphrases(name, s) for s in synthetic.SPLITS]
         assert all(parts), name
-        assert sorted(sum(map(list, parts), [])) == sorted(fam.paraphrases + fam.train_only)
+        train, held_out = parts[0], parts[1] + parts[2]
+        assert sorted(held_out + tuple(w for w in train if w in fam.paraphrases)) == sorted(fam.paraphrases)
         # the extra wordings only ever train: validation and test stay unseen wording
-        assert set(fam.train_only) <= set(parts[synthetic.SPLITS.index("train")]), name
+        assert set(fam.train_only) <= set(train) <= set(fam.paraphrases + fam.train_only + fam.templated())
+        assert not set(train) & set(held_out) and len(set(train)) == len(train), name
     assert synthetic.split_photos("test") == synthetic.split_photos("test")
+
+
+def test_templated_wordings_share_frames_across_families_but_not_held_out_wording():
+    held_out = {w for f in synthetic.FAMILIES for s in ("validation", "test")
+                for w in synthetic.split_paraphrases(f, s)}
+    for name, fam in synthetic.FAMILIES.items():
+        train = synthetic.split_paraphrases(name, "train")
+        by_hand = fam.paraphrases + fam.train_only
+        kept = [w for w in fam.templated() if w in train and w not in by_hand]
+        assert len(kept) >= len(synthetic.LOOK_TEMPLATES), name  # most of them survive the filter
+        assert not held_out & set(train), name  # no family trains on any held-out wording
+        for w in kept:  # ... nor on a templated near copy of its own
+            for h in synthetic.split_paraphrases(name, "test") + synthetic.split_paraphrases(name, "validation"):
+                assert synthetic.word_edits(w, h) >= synthetic.HELD_OUT_MIN_EDITS, (w, h)
+    # "make it darker" is the darker family's test wording: the frame "make it {}" with the look
+    # "darker" is dropped, as are its one-word variants.
+    assert "make it darker" in synthetic.split_paraphrases("darker", "test")
+    assert "make it darker" in synthetic.FAMILIES["darker"].templated()
+    assert "make it dimmer" in synthetic.FAMILIES["darker"].templated()
+    assert "make it dimmer" in synthetic.FAMILIES["darker"].train_only  # written by hand, kept
+    assert "make it dim" not in synthetic.split_paraphrases("darker", "train")
+    # one frame asks for every family: the words that name the edit tell them apart
+    for frame in synthetic.LOOK_TEMPLATES:
+        asks = [f for f, fam in synthetic.FAMILIES.items()
+                if any(frame.format(look) in synthetic.split_paraphrases(f, "train") for look in fam.looks)]
+        assert len(asks) >= 10, frame
+    assert synthetic.word_edits("make it darker", "make the video darker") == 2
+    assert synthetic.word_edits("a b c", "a b c") == 0
 
 
 def test_split_errors_name_the_value():
@@ -56,7 +87,7 @@ def test_photo_clip_moves_and_is_seeded():
 
 def test_dataset_items_are_pairs_of_their_prompt():
     ds = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, identity_fraction=0.3, length=40)
-    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in f.paraphrases + f.train_only}
+    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
     seen_identity = False
     for i in range(40):
         item = ds[i]

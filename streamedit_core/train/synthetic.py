@@ -120,12 +120,29 @@ class EditFamily:
     fn: Callable[[Tensor], Tensor]
     paraphrases: tuple[str, ...]  # split by paraphrase: one test, one validation, the rest train
     train_only: tuple[str, ...] = ()  # more training wordings, never in validation or test
+    looks: tuple[str, ...] = ()  # words for the result, put in LOOK_TEMPLATES for more training wordings
 
     def apply(self, frames: Tensor) -> Tensor:
         if frames.dim() != 4 or frames.shape[-1] != 3:
             raise ValueError(f"edit {self.name!r} expects frames [T, H, W, 3], got {tuple(frames.shape)}")
         return self.fn(frames.float()).clamp(0, 1)
 
+    def templated(self) -> tuple[str, ...]:
+        """Every LOOK_TEMPLATES frame filled with every look (before split_paraphrases drops
+        those too close to held-out wording)."""
+        return tuple(t.format(look) for look in self.looks for t in LOOK_TEMPLATES)
+
+
+# Instruction frames that every family's `looks` fill in: the training wordings then share
+# phrasing across families, so telling the edits apart means reading the words that name them
+# (MiniLM's mean sentence vector puts "give it a warm tint" and "give it an icy tint" at cosine
+# 0.84). Measured 2026-11-30 on demo run 4's latents, the edit map's relative x0 error with the
+# test wordings fell from 0.37 to 0.34 with attention text pooling (0.415 with mean pooling).
+LOOK_TEMPLATES = ("make it {}", "make the video {}", "can you make this {}", "make every frame {}",
+                  "I want the footage {}", "turn the whole clip {}", "{} please", "make the picture look {}")
+# A templated wording this close (word edits) to a held-out wording of its family is dropped:
+# "make it {darker}" would be the test wording itself.
+HELD_OUT_MIN_EDITS = 3
 
 FAMILIES: dict[str, EditFamily] = {f.name: f for f in (
     EditFamily("grayscale", grayscale, (
@@ -134,89 +151,102 @@ FAMILIES: dict[str, EditFamily] = {f.name: f for f in (
         train_only=(
         "drain the colour out of the scene", "make the footage monochrome", "show it in shades of grey",
         "make it colourless", "strip out every hue", "give it a black-and-white look", "greyscale please",
-        "render it without any colour")),
+        "render it without any colour"),
+        looks=("black and white", "monochrome", "grey", "colourless")),
     EditFamily("sepia", sepia, (
         "apply a sepia tone", "make it look like an old sepia photograph", "give it a vintage brown tint",
         "turn it sepia", "age the footage with a sepia filter", "make it look antique and brownish"),
         train_only=(
         "give it a sepia look", "make it look like a faded old photo", "add a warm brown vintage filter",
         "make it sepia toned", "tint it like an antique print", "give it an old-timey brown look",
-        "make it look like a 1900s photograph", "use a sepia colour grade")),
+        "make it look like a 1900s photograph", "use a sepia colour grade"),
+        looks=("sepia", "brownish and old", "sepia toned", "like an old brown photo")),
     EditFamily("invert", invert, (
         "invert the colors", "make it a photo negative", "flip every colour to its opposite",
         "turn it into a negative image", "reverse the colours", "show it as a film negative"),
         train_only=(
         "invert the image", "negate all the colours", "make it look like a negative",
         "swap each colour for its complement", "turn light into dark and dark into light",
-        "apply a colour inversion", "show the inverted colours", "flip the brightness and the hues")),
+        "apply a colour inversion", "show the inverted colours", "flip the brightness and the hues"),
+        looks=("inverted", "negative", "colour-inverted", "the opposite colours")),
     EditFamily("hue_red", functools.partial(_colorize, rgb=(0.9, 0.15, 0.1)), (
         "make everything red", "tint the whole scene red", "turn the colours to shades of red",
         "recolour it in red", "give it a deep red hue", "paint the video red"),
         train_only=(
         "make it all red", "colour the scene crimson", "wash everything in red", "give it a red tint",
         "turn it scarlet", "make it look red all over", "recolour the video with red tones",
-        "bathe it in red light")),
+        "bathe it in red light"),
+        looks=("red", "all red", "crimson", "scarlet")),
     EditFamily("hue_blue", functools.partial(_colorize, rgb=(0.1, 0.3, 0.95)), (
         "make everything blue", "tint the whole scene blue", "turn the colours to shades of blue",
         "recolour it in blue", "give it a deep blue hue", "paint the video blue"),
         train_only=(
         "make it all blue", "colour the scene navy blue", "wash everything in blue", "give it a blue tint",
         "turn it azure", "make it look blue all over", "recolour the video with blue tones",
-        "bathe it in blue light")),
+        "bathe it in blue light"),
+        looks=("blue", "all blue", "navy", "azure")),
     EditFamily("blur", blur, (
         "blur the video", "make it blurry", "apply a soft gaussian blur",
         "make everything out of focus", "smooth away the details", "defocus the image"),
         train_only=(
         "make it soft and fuzzy", "add a blur", "blur everything a little", "make the picture unsharp",
         "soften all the edges", "make it look hazy and blurred", "apply a smoothing filter",
-        "throw it out of focus")),
+        "throw it out of focus"),
+        looks=("blurry", "out of focus", "soft and fuzzy", "unsharp")),
     EditFamily("pixelate", pixelate, (
         "pixelate it", "make it look like 8-bit pixel art", "turn it into big blocky pixels",
         "apply a mosaic effect", "lower the resolution into chunky pixels", "make it look retro and pixelated"),
         train_only=(
         "make it pixelated", "turn it into coarse blocks", "make the pixels huge",
         "give it a low-res pixel look", "censor it with pixels", "make it look like an old video game",
-        "pixelize the frames", "make it blocky")),
+        "pixelize the frames", "make it blocky"),
+        looks=("pixelated", "blocky", "low-res", "chunky 8-bit")),
     EditFamily("posterize", posterize, (
         "posterize the colours", "reduce it to a few flat colours", "make it look like a screen print",
         "use only a handful of colour levels", "give it a flat poster look", "quantize the colours"),
         train_only=(
         "make it posterized", "flatten the colours into bands", "cut the number of colours",
         "give it a pop-art poster style", "use fewer colour steps", "make the shading flat and banded",
-        "simplify the colours into flat areas", "reduce the colour depth")),
+        "simplify the colours into flat areas", "reduce the colour depth"),
+        looks=("posterized", "flat and banded", "few-coloured", "poster-like")),
     EditFamily("brighter", brighter, (
         "make it brighter", "brighten the video", "increase the exposure",
         "make the scene lighter", "turn up the brightness", "make it look sunny and bright"),
         train_only=(
         "make it lighter", "lighten the footage", "raise the exposure", "add more light",
-        "make everything brighter", "boost the brightness", "make the image more luminous", "brighten it up")),
+        "make everything brighter", "boost the brightness", "make the image more luminous", "brighten it up"),
+        looks=("brighter", "lighter", "more exposed", "bright")),
     EditFamily("darker", darker, (
         "make it darker", "darken the video", "lower the exposure",
         "make the scene look like dusk", "turn down the brightness", "make it dim and shadowy"),
         train_only=(
         "make it dimmer", "dim the footage", "reduce the exposure", "take away some light",
-        "make everything darker", "lower the brightness", "make the image gloomier", "darken it down")),
+        "make everything darker", "lower the brightness", "make the image gloomier", "darken it down"),
+        looks=("darker", "dimmer", "less exposed", "dim")),
     EditFamily("warm", warm, (
         "give it a warm tint", "make the colours warmer", "add a golden hour glow",
         "make it look warm and cosy", "shift the white balance to warm", "add an orange warmth"),
         train_only=(
         "make it warmer", "warm up the colours", "add a warm orange tone", "give it a sunset feel",
         "push the colours toward yellow and orange", "make the light feel warm", "use a warm colour grade",
-        "give it a cosy amber tint")),
+        "give it a cosy amber tint"),
+        looks=("warmer", "warm", "golden and warm", "orange-warm")),
     EditFamily("cool", cool, (
         "give it a cool tint", "make the colours colder", "add a cold blue cast",
         "make it look wintry and cool", "shift the white balance to cool", "give it a chilly look"),
         train_only=(
         "make it cooler", "cool down the colours", "add a cool blue tone", "give it a cold winter feel",
         "push the colours toward blue", "make the light feel cold", "use a cool colour grade",
-        "give it an icy tint")),
+        "give it an icy tint"),
+        looks=("cooler", "cool", "cold and blue", "chilly")),
     EditFamily("sketch", sketch, (
         "make it a pencil sketch", "turn it into a line drawing", "draw it in pencil on white paper",
         "make it look hand-sketched", "convert to a graphite drawing", "render it as an ink outline"),
         train_only=(
         "make it a drawing", "turn it into a pencil drawing", "sketch it in pencil",
         "make it look drawn by hand", "draw the outlines in black on white", "make it a charcoal sketch",
-        "turn the scene into line art", "make it look like a sketchbook page")),
+        "turn the scene into line art", "make it look like a sketchbook page"),
+        looks=("a pencil sketch", "hand-drawn", "like line art", "sketched")),
 )}
 
 
@@ -241,8 +271,25 @@ def split_paraphrases(family: str, split: str) -> tuple[str, ...]:
     train split also gets the family's `train_only` wordings."""
     if family not in FAMILIES:
         raise ValueError(f"unknown edit family {family!r}; expected one of {sorted(FAMILIES)}")
-    ranked = _split_by_rank(FAMILIES[family].paraphrases, f"paraphrase:{family}", 1, 1, split)
-    return ranked + FAMILIES[family].train_only if split == "train" else ranked
+    fam = FAMILIES[family]
+    ranked = _split_by_rank(fam.paraphrases, f"paraphrase:{family}", 1, 1, split)
+    if split != "train":
+        return ranked
+    held_out = [w for s in ("validation", "test") for w in split_paraphrases(family, s)]
+    templated = tuple(w for w in fam.templated()
+                      if all(word_edits(w, h) >= HELD_OUT_MIN_EDITS for h in held_out))
+    return tuple(dict.fromkeys(ranked + fam.train_only + templated))
+
+
+def word_edits(a: str, b: str) -> int:
+    """Levenshtein distance between two wordings counted in words."""
+    x, y = a.split(), b.split()
+    row = list(range(len(y) + 1))
+    for i, u in enumerate(x, 1):
+        diag, row[0] = row[0], i
+        for j, v in enumerate(y, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (u != v))
+    return row[-1]
 
 
 # --- Photos ----------------------------------------------------------------------------------
