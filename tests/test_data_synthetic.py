@@ -45,10 +45,11 @@ def test_templated_wordings_share_frames_across_families_but_not_held_out_wordin
         train = synthetic.split_paraphrases(name, "train")
         by_hand = fam.paraphrases + fam.train_only
         kept = [w for w in fam.templated() if w in train and w not in by_hand]
+        own_held_out = synthetic.split_paraphrases(name, "test") + synthetic.split_paraphrases(name, "validation")
         assert len(kept) >= len(synthetic.LOOK_TEMPLATES), name  # most of them survive the filter
         assert not held_out & set(train), name  # no family trains on any held-out wording
         for w in kept:  # ... nor on a templated near copy of its own
-            for h in synthetic.split_paraphrases(name, "test") + synthetic.split_paraphrases(name, "validation"):
+            for h in own_held_out:
                 assert synthetic.word_edits(w, h) >= synthetic.HELD_OUT_MIN_EDITS, (w, h)
     # "make it darker" is the darker family's test wording: the frame "make it {}" with the look
     # "darker" is dropped, as are its one-word variants.
