@@ -25,6 +25,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -354,8 +355,13 @@ class Trainer:
         return {"loss": D.all_mean(total, self.info), **parts}
 
     # --- run ------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> Path:
-        """Train until cfg.steps; returns the exported model checkpoint's path (rank 0's)."""
+    def run(self, resume: bool = False,
+            after_step: Callable[["Trainer"], None] | None = None) -> Path:
+        """Train until cfg.steps; returns the exported model checkpoint's path (rank 0's).
+
+        after_step(trainer) runs after every step and may replace trainer.cfg with one of another
+        step count (a time-budgeted run re-planning from its measured pace; the schedule follows
+        self.cfg.steps, so do it early, while the rate is still near its peak)."""
         cfg = self.cfg
         if resume:
             self.load_state(self.out_dir / STATE_FILE)
@@ -366,8 +372,12 @@ class Trainer:
         metrics = self.out_dir / METRICS_FILE
         t0, samples = time.perf_counter(), 0
         try:
-            while self.step < cfg.steps:
+            while self.step < self.cfg.steps:
                 out = self.train_step()
+                if after_step is not None:
+                    after_step(self)
+                    cfg = self.cfg
+                    bar.total = cfg.steps
                 samples += cfg.global_batch
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}")
