@@ -107,36 +107,38 @@ def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkey
     from streamedit_core.train.config import DataConfig, TrainConfig
     from streamedit_core.train.trainer import Trainer
 
-    monkeypatch.setattr(train_demo, "RETIME_FROM", 2)
-    monkeypatch.setattr(train_demo, "RETIME_AT", 4)
+    monkeypatch.setattr(train_demo, "RETIME_FROM", 1)
+    monkeypatch.setattr(train_demo, "RETIME_AT", 3)
     monkeypatch.setattr(train_demo, "RETIME_MARGIN", 1.0)
 
-    def run(deadline: float, cap: int, name: str) -> tuple[Trainer, Path]:
-        now = [0.0]  # a fake clock: 1 s a step up to step 2, then 2 s a step
+    def run(deadline: float, cap: int, name: str, steps: int = 6) -> tuple[Trainer, Path]:
+        now = [0.0]  # a fake clock: 2 s a step, twice the calibrated pace
         plan = tmp_path / f"{name}.json"
-        plan.write_text(json.dumps({"steps": 6, "calibrated_seconds_per_step": 1.0}))
+        plan.write_text(json.dumps({"steps": steps, "calibrated_seconds_per_step": 1.0}))
         retimer = train_demo.Retimer("dit", deadline, cap, plan, clock=lambda: now[0])
-        trainer = Trainer(TrainConfig(task="dit", text="random", preset="tiny", steps=6, global_batch=2,
+        trainer = Trainer(TrainConfig(task="dit", text="random", preset="tiny", steps=steps, global_batch=2,
                                       data=DataConfig(kind="synthetic", frames=8, size=32),
                                       out_dir=str(tmp_path / name), progress=False, log_every=1))
 
         def after_step(t: Trainer) -> None:
-            now[0] += 2.0 if t.step > 2 else 1.0
+            now[0] += 2.0
             retimer(t)
 
         trainer.run(after_step=after_step)
         return trainer, plan
 
-    # At step 4 (6 s), 2 s a step since step 2 and 8 s left: 4 more steps than the 6 planned.
-    trainer, plan = run(deadline=14.0, cap=100, name="longer")
-    assert trainer.cfg.steps == trainer.step == 8
-    assert json.loads(plan.read_text()) == {"steps": 8, "calibrated_seconds_per_step": 1.0,
+    # At step 3 (6 s) 14 s are left: 7 more steps than the 3 done, 10 in all instead of 6.
+    trainer, plan = run(deadline=20.0, cap=100, name="longer")
+    assert trainer.cfg.steps == trainer.step == 10
+    assert json.loads(plan.read_text()) == {"steps": 10, "calibrated_seconds_per_step": 1.0,
                                             "retimed_seconds_per_step": 2.0, "planned_steps": 6}
     logged = [json.loads(line)["step"] for line in (tmp_path / "longer" / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, 9))
+    assert logged == list(range(1, 11))
     # The config's step cap still holds, and a slower pace than planned shortens the run.
     assert run(deadline=100.0, cap=7, name="capped")[0].step == 7
-    assert run(deadline=8.0, cap=100, name="shorter")[0].step == 5
+    assert run(deadline=8.0, cap=100, name="shorter")[0].step == 4
+    # A run shorter than twice RETIME_AT keeps its plan.
+    assert run(deadline=100.0, cap=100, name="short", steps=5)[0].step == 5
 
 
 def test_stle_from_reuses_an_earlier_runs_stle(tiny_configs: Path, tmp_path: Path) -> None:
