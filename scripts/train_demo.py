@@ -194,9 +194,12 @@ class Retimer:
         step = trainer.step
         if step == RETIME_FROM:
             self.t_from = self.clock()
-        # A run under twice RETIME_AT is not worth re-planning, and this keeps the re-plan
-        # inside a distillation's first round (its rounds split the steps).
-        if step != RETIME_AT or self.t_from is None or trainer.cfg.steps < 2 * RETIME_AT:
+        # A run under twice RETIME_AT is not worth re-planning, and a distillation re-plans only
+        # inside its first round (its rounds split the steps: a longer plan moved back from a
+        # later round would reload its teacher).
+        cfg = trainer.cfg
+        parts = max(2, len(cfg.distill_rounds()) if cfg.task == "distill" else 2)
+        if step != RETIME_AT or self.t_from is None or cfg.steps < parts * RETIME_AT:
             return
         now = self.clock()
         per_step = (now - self.t_from) / (RETIME_AT - RETIME_FROM)

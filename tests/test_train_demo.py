@@ -137,8 +137,18 @@ def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkey
     # The config's step cap still holds, and a slower pace than planned shortens the run.
     assert run(deadline=100.0, cap=7, name="capped")[0].step == 7
     assert run(deadline=8.0, cap=100, name="shorter")[0].step == 4
-    # A run shorter than twice RETIME_AT keeps its plan.
+    # A run shorter than twice RETIME_AT keeps its plan, and so does a distillation whose first
+    # round ends before RETIME_AT (three rounds of 8 steps: the second starts at step 3).
     assert run(deadline=100.0, cap=100, name="short", steps=5)[0].step == 5
+    from types import SimpleNamespace
+    plan = tmp_path / "distill.json"
+    plan.write_text(json.dumps({"steps": 8, "calibrated_seconds_per_step": 1.0}))
+    distill = SimpleNamespace(step=1, cfg=TrainConfig(task="distill", teacher_steps=48, steps=8))
+    retimer = train_demo.Retimer("distill", 100.0, 100, plan, clock=lambda: 2.0 * distill.step)
+    retimer(distill)
+    distill.step = 3
+    retimer(distill)
+    assert distill.cfg.steps == 8 and json.loads(plan.read_text())["steps"] == 8
 
 
 def test_stle_from_reuses_an_earlier_runs_stle(tiny_configs: Path, tmp_path: Path) -> None:

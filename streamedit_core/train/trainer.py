@@ -361,7 +361,8 @@ class Trainer:
 
         after_step(trainer) runs after every step and may replace trainer.cfg with one of another
         step count (a time-budgeted run re-planning from its measured pace; the schedule follows
-        self.cfg.steps, so do it early, while the rate is still near its peak)."""
+        self.cfg.steps, so do it early, while the rate is still near its peak; under DDP every
+        rank must make the same change)."""
         cfg = self.cfg
         if resume:
             self.load_state(self.out_dir / STATE_FILE)
