@@ -5,10 +5,11 @@ score it on the benchmark's test split.
     python scripts/train_demo.py                      # 110 minutes of training, then eval
     python scripts/train_demo.py --budget-minutes 30 --threads 1 --eval-limit 12
 
-Each stage gets a share of the time budget. Before a stage the script times two training
-steps of a throwaway trainer and gives the real run as many steps as fit its share (so the
-same command does more steps on a faster machine; the step count is in the stage's
-`stage.json` and in the exported checkpoint's metadata). Stages write to OUT/<stage>/
+Each stage gets a share of the time budget. Before a stage the script times a few training
+steps of a throwaway trainer and gives the real run as many steps as fit its share, then
+re-plans once from the run's own pace (`Retimer`), so the same command does more steps on a
+faster machine; the step count is in the stage's `stage.json` and in the exported
+checkpoint's metadata. Stages write to OUT/<stage>/
 (train_state, metrics.jsonl, model.safetensors); a finished stage (its stage.json exists)
 is skipped when the command is run again, and an interrupted stage resumes from its last saved
 state (`save_every` in the stage config) with the step count it was planned with.
