@@ -199,18 +199,18 @@ class Retimer:
         # inside its first round (its rounds split the steps: a longer plan moved back from a
         # later round would reload its teacher).
         cfg = trainer.cfg
-        parts = max(2, len(cfg.distill_rounds()) if cfg.task == "distill" else 2)
+        parts = max(2, len(cfg.distill_rounds())) if cfg.task == "distill" else 2
         if step != RETIME_AT or self.t_from is None or cfg.steps < parts * RETIME_AT:
             return
         now = self.clock()
         per_step = (now - self.t_from) / (RETIME_AT - RETIME_FROM)
         steps = min(self.cap, RETIME_AT + max(1, int((self.deadline - now) / (per_step * RETIME_MARGIN))))
         log.info("stage %s: %.3f s/step over steps %d-%d, %d steps planned -> %d",
-                 self.stage, per_step, RETIME_FROM, RETIME_AT, trainer.cfg.steps, steps)
+                 self.stage, per_step, RETIME_FROM, RETIME_AT, cfg.steps, steps)
         plan = json.loads(self.plan_path.read_text())
         plan.update(steps=steps, retimed_seconds_per_step=per_step, planned_steps=plan["steps"])
         self.plan_path.write_text(json.dumps(plan))
-        trainer.cfg = trainer.cfg.replace(steps=steps)
+        trainer.cfg = cfg.replace(steps=steps)
 
 
 def _last_metrics(path: Path) -> dict:

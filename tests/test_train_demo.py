@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,7 +141,6 @@ def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkey
     # A run shorter than twice RETIME_AT keeps its plan, and so does a distillation whose first
     # round ends before RETIME_AT (three rounds of 8 steps: the second starts at step 3).
     assert run(deadline=100.0, cap=100, name="short", steps=5)[0].step == 5
-    from types import SimpleNamespace
     plan = tmp_path / "distill.json"
     plan.write_text(json.dumps({"steps": 8, "calibrated_seconds_per_step": 1.0}))
     distill = SimpleNamespace(step=1, cfg=TrainConfig(task="distill", teacher_steps=48, steps=8))
