@@ -31,11 +31,20 @@ CHUNK_INDEX_TOOLTIP = ("Position of this chunk in the stream: 0 starts (or resta
                        "'increment' to advance it automatically.")
 
 
+# The demo model ships inside this package (models/streamedit_demo.safetensors), so the loader
+# lists it without the user copying anything into ComfyUI's own models folder.
+PACKAGE_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
 def register_folders() -> None:
-    """Register models/streamedit/ with ComfyUI (also where extra_model_paths.yaml can add more)."""
+    """Register models/streamedit/ with ComfyUI (also where extra_model_paths.yaml can add more),
+    and this package's own models/ after it."""
     if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
         folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
             [os.path.join(folder_paths.models_dir, MODEL_FOLDER)], {".safetensors"})
+    paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
+    if PACKAGE_MODELS not in paths:
+        paths.append(PACKAGE_MODELS)
 
 
 def resolve_inside(folder: str, name: str, what: str) -> str:

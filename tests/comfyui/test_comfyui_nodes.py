@@ -23,6 +23,7 @@ from comfy_testdata import (CHECKPOINT, CLIP, CLIP_FRAMES, CLIP_SIZE, LONG_CLIP,
 pytestmark = pytest.mark.comfyui
 
 WORKFLOWS = REPO / "workflows"
+SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
 NODE_IDS = {
     "StreamEditModelLoader", "StreamEditTextEnsembleLoader", "StreamEditTextEncode",
     "StreamEditPromptSchedule", "StreamEditSTLEEncode", "StreamEditDiTSampler",
@@ -146,7 +147,9 @@ def test_object_info_lists_every_node_with_types_defaults_tooltips(object_info):
     sampler = ours["StreamEditDiTSampler"]["input"]
     assert sampler["required"]["steps"][1]["default"] == 6
     assert sampler["optional"]["chunk_index"][1]["control_after_generate"] is True
-    assert ours["StreamEditModelLoader"]["input"]["required"]["ckpt_name"][1]["options"][0] == CHECKPOINT
+    # The loader lists ComfyUI's models/streamedit/ and the demo model shipped in this package.
+    options = ours["StreamEditModelLoader"]["input"]["required"]["ckpt_name"][1]["options"]
+    assert {CHECKPOINT, SHIPPED_MODEL.name} <= set(options)
 
 
 # A script run by `run_with_package` starts by importing this repo as the package
