@@ -33,8 +33,9 @@ from streamedit_core.checkpoint import save_checkpoint  # noqa: E402
 from streamedit_core.eval.report import write_png  # noqa: E402
 from streamedit_core.model import StreamEditModel  # noqa: E402
 from streamedit_core.video import VideoReader  # noqa: E402
+from train_demo import EXPORT_NAME  # noqa: E402
 
-SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
+SHIPPED_MODEL = REPO / "models" / EXPORT_NAME  # what `make train-demo` exports, copied into models/
 WORKFLOW = REPO / "workflows" / "edit_video_file.json"
 log = logging.getLogger("demo")
 
