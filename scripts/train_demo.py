@@ -133,8 +133,10 @@ def seconds_per_step(cfg: TrainConfig) -> float:
     from streamedit_core.train.trainer import Trainer
 
     # No edit-map fit in the throwaway run: it happens once, before the first step (its minute or
-    # so is taken out of the next stage's share, as any overrun).
-    trainer = Trainer(cfg.replace(out_dir=str(Path(cfg.out_dir) / "calibration"), edit_map_steps=0))
+    # so is taken out of the next stage's share, as any overrun). No filler variants either: they
+    # are looked up, not encoded, per step, and encoding them takes about a minute.
+    trainer = Trainer(cfg.replace(out_dir=str(Path(cfg.out_dir) / "calibration"), edit_map_steps=0,
+                                  filler_words=0.0))
     times = []
     for _ in range(CALIBRATION_STEPS):
         t0 = time.perf_counter()

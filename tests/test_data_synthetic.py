@@ -103,3 +103,26 @@ def test_dataset_items_are_pairs_of_their_prompt():
     assert seen_identity
     torch.testing.assert_close(ds[7]["target"], ds[7 + 40]["target"])  # length bounds the index space
     assert "" in ds.all_prompts()
+
+
+def test_filler_words_are_common_words_that_no_wording_uses():
+    from streamedit_core.train.fillers import filler_variants, filler_words
+
+    words = filler_words()
+    assert len(words) > 5000 and len(set(words)) == len(words)
+    assert all(w.isalpha() and w.islower() for w in words)
+    wording_words = {w for f in synthetic.FAMILIES.values()
+                     for text in f.paraphrases + f.train_only + f.templated() for w in text.lower().split()}
+    assert not wording_words & set(words)  # held-out wordings stay unseen ("deep", "mosaic", ...)
+    assert {"deep", "mosaic", "red", "green", "darkness"}.isdisjoint(words)
+    v = filler_variants(["make it sepia", "", "make it sepia"], 4, seed=1)
+    assert list(v) == ["make it sepia"] and len(v["make it sepia"]) == 4  # the null prompt gets none
+    for variant in v["make it sepia"]:
+        parts = variant.split()
+        extra = [w for w in parts if w not in ("make", "it", "sepia")]
+        assert len(parts) == 4 and len(extra) == 1 and extra[0] in words
+        assert [w for w in parts if w != extra[0]] == ["make", "it", "sepia"]  # order kept
+    assert filler_variants(["make it sepia"], 4, seed=1) == v
+    assert filler_variants(["make it sepia"], 4, seed=2) != v
+    with pytest.raises(ValueError, match="filler variants per prompt must be >= 1"):
+        filler_variants(["make it sepia"], 0)

@@ -270,6 +270,25 @@ def test_text_noise_perturbs_real_tokens_only_and_is_seeded(tmp_path):
         _cfg(tmp_path, text_noise=-0.1)
 
 
+def test_filler_words_swap_in_encoded_variants_of_the_wording(tmp_path):
+    from streamedit_core.train.data import collate
+
+    tr = Trainer(_cfg(tmp_path, filler_words=1.0, filler_variants=3, prompt_dropout=0.0))
+    prompts = tr.dataset.all_prompts()
+    assert set(tr.fillers) == {p for p in prompts if p}
+    assert all(v in tr.text._rows for vs in tr.fillers.values() for v in vs)  # encoded up front
+    batch = collate([tr.dataset[p] for p in (0, 1)])
+    got = tr._window(batch, [0, 1], 0)[5]
+    for prompt, seen in zip(batch["prompt"], got):
+        assert seen in tr.fillers[prompt] and len(seen.split()) == len(prompt.split()) + 1
+    assert tr._window(batch, [0, 1], 0)[5] == got  # seeded by the sample
+    assert tr._with_filler("", 0) == ""  # the null prompt stays null
+    off = Trainer(_cfg(tmp_path, filler_words=0.0, out_dir=str(tmp_path / "off")))
+    assert off.fillers == {} and off._window(batch, [0, 1], 0)[5] == batch["prompt"]
+    with pytest.raises(ValueError, match="need filler_words in \\[0, 1\\]"):
+        _cfg(tmp_path, filler_words=1.5)
+
+
 def test_edit_map_fit_trains_only_the_map_and_lowers_its_loss(tmp_path):
     from streamedit_core.checkpoint import save_checkpoint
     from streamedit_core.config import PRESETS

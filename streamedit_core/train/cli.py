@@ -96,11 +96,11 @@ def _run(argv: Sequence[str], distill: bool) -> int:
             from ..checkpoint import read_checkpoint_config
             from ..config import get_preset
             from .textbank import save_text_cache
-            from .trainer import build_dataset, build_text
+            from .trainer import build_dataset, build_text, training_prompts
             model_config = (read_checkpoint_config(cfg.init_checkpoint) if cfg.init_checkpoint
                             else get_preset(cfg.preset))
             encoder = build_text(cfg.replace(text_cache=None), model_config)
-            save_text_cache(encoder, build_dataset(cfg).all_prompts(), args.encode_text)
+            save_text_cache(encoder, training_prompts(cfg, build_dataset(cfg))[0], args.encode_text)
             return 0
         if not distill and args.encode_latents:
             from .data import encode_latent_shards

@@ -62,6 +62,12 @@ class TrainConfig:
     # Gaussian noise on the prompt's real token states, this many times their RMS (0 = off): the
     # DiT learns a neighbourhood of each training wording, where unseen wordings land.
     text_noise: float = 0.0
+    # Share of samples whose prompt gets one filler word (a common word that names no edit, from
+    # train/filler_words.txt) put in at a random place: the prompt reader learns to pass over
+    # words that name no edit ("deep" in "give it a deep blue hue"; see train/fillers.py). Each
+    # wording has filler_variants fixed variants, encoded once with the other prompts.
+    filler_words: float = 0.0
+    filler_variants: int = 8
     # flow: plain velocity MSE. x0: weight each frame by t^2, i.e. the error of the implied
     # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
     # noisy input already shows the target, while a deterministic edit is decided at high ones.
@@ -126,6 +132,9 @@ class TrainConfig:
             raise ValueError(f"text_noise must be >= 0, got {self.text_noise}")
         if not 0.0 <= self.prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
+        if not 0.0 <= self.filler_words <= 1.0 or self.filler_variants < 1:
+            raise ValueError(f"need filler_words in [0, 1] and filler_variants >= 1, got "
+                             f"{self.filler_words}, {self.filler_variants}")
         if self.task == "distill":
             n, k = self.teacher_steps, 0
             while n > self.target_steps and n % 2 == 0:

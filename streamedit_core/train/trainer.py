@@ -44,6 +44,7 @@ from .distill import segment_levels, teacher_velocity
 from .losses import flow_loss, reconstruction_loss, stream_consistency_loss, temporal_consistency_loss
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
+from .fillers import filler_variants
 from .textbank import CachedText, RandomText, TextBank
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ class STLEObjective(nn.Module):
         late = (self.stle.encode(frames[:, :, stride:], check_finite=False)
                 if frames.shape[2] >= 2 * stride else latents[:, :, 1:])
         return recon, latents, late
+
+
+def training_prompts(cfg: TrainConfig, dataset) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """Every prompt a run feeds the text bank (its data set's, plus their filler variants when
+    cfg.filler_words > 0) and the filler variants of each data-set prompt."""
+    prompts = list(dataset.all_prompts()) if hasattr(dataset, "all_prompts") else []
+    fillers = filler_variants(prompts, cfg.filler_variants, cfg.seed) if cfg.filler_words > 0 else {}
+    return prompts + [v for vs in fillers.values() for v in vs], fillers
 
 
 def build_text(cfg: TrainConfig, model_config):
@@ -137,8 +146,8 @@ class Trainer:
         self.text = None
         if cfg.task != "stle":
             encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
-            prompts = self.dataset.all_prompts() if hasattr(self.dataset, "all_prompts") else []
-            self.text = TextBank(encoder, [""] + list(prompts))
+            prompts, self.fillers = training_prompts(cfg, self.dataset)
+            self.text = TextBank(encoder, [""] + prompts)
         if cfg.edit_map_steps:  # before any wrapping: plain modules, identical on every rank
             self.fit_edit_map()
 
@@ -197,12 +206,23 @@ class Trainer:
         # embedding means identity everywhere (docs/internals.md), and CFG then pushes from
         # "unchanged" towards the edit.
         prompts = ["" if d else pr for d, pr in zip(drop, batch["prompt"])]
+        if cfg.filler_words > 0:
+            prompts = [self._with_filler(pr, p) for pr, p in zip(prompts, positions)]
         keep = torch.tensor([not d for d in drop], device=src.device).view(b, 1, 1, 1, 1)
         x0 = torch.where(keep, x0, src)
         text = self.text.lookup(prompts).to(src.device)
         if cfg.text_noise > 0:
             text = self._noisy_text(text, positions)
         return src, x0, eps, t, text, prompts
+
+    def _with_filler(self, prompt: str, position: int) -> str:
+        """With probability cfg.filler_words (seeded by the sample), one of the prompt's filler
+        variants; else the prompt. The null prompt stays null."""
+        variants = self.fillers.get(prompt)
+        g = generator(self.cfg.seed, "filler", position)
+        if not variants or float(torch.rand((), generator=g)) >= self.cfg.filler_words:
+            return prompt
+        return variants[int(torch.randint(len(variants), (1,), generator=g))]
 
     def _noisy_text(self, text: TextEmbedding, positions: list[int]) -> TextEmbedding:
         """`text` with seeded Gaussian noise of text_noise x RMS on each sample's real tokens

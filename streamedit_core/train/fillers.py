@@ -1,0 +1,55 @@
+"""Filler words for training prompts (`TrainConfig.filler_words`).
+
+Why: the DiT reads a prompt by attention over its tokens, and a word that names no edit can take
+most of that attention. Run 8 gave "deep" 0.59 of the weight in "give it a deep blue hue" and
+edited a weak blue (15.8 dB, against 23.0 asked "make it all blue"). Training wordings with a
+random common word put in ("make it sailing all blue", "harbour give it a red tint") teach the
+reader that the edit is in the words the wordings share, whatever else is said. Measured
+2026-11-30 with the demo edit map fitted alone on run 4's latents (2,000 steps, half the
+samples with one filler word): validation 22.56 -> 23.31 dB ("give it a deep red hue" 14.0 ->
+18.0), first 26 test pairs 22.06 -> 22.74 dB.
+
+The words (`filler_words.txt`, from scripts/make_filler_words.py) exclude every word of every
+benchmark wording, so held-out wordings stay unseen.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+from pathlib import Path
+
+FILLER_FILE = Path(__file__).with_name("filler_words.txt")
+
+
+@functools.lru_cache(maxsize=1)
+def filler_words() -> tuple[str, ...]:
+    """The shipped filler words (comment lines skipped)."""
+    if not FILLER_FILE.is_file():
+        raise FileNotFoundError(f"filler word list missing: {str(FILLER_FILE)!r}; "
+                                "rebuild it with scripts/make_filler_words.py")
+    lines = FILLER_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(w for w in (line.strip() for line in lines) if w and not w.startswith("#"))
+
+
+def with_filler(prompt: str, rng: random.Random, words: tuple[str, ...]) -> str:
+    """`prompt` with one word of `words` put between two of its words (or at either end)."""
+    parts = prompt.split()
+    parts.insert(rng.randint(0, len(parts)), rng.choice(words))
+    return " ".join(parts)
+
+
+def filler_variants(prompts: list[str], count: int, seed: int = 0) -> dict[str, tuple[str, ...]]:
+    """`count` seeded variants of each non-empty prompt, one filler word each: a fixed set, so
+    that training encodes them once with the other prompts (the text encoder never runs per
+    step; on the 2-core CPU encoding the fillers per step made the edit-map fit 10x slower)."""
+    if count < 1:
+        raise ValueError(f"filler variants per prompt must be >= 1, got {count}")
+    words = filler_words()
+    out = {}
+    for p in dict.fromkeys(prompts):
+        if p.strip():
+            digest = hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).digest()
+            rng = random.Random(int.from_bytes(digest, "little"))
+            out[p] = tuple(with_filler(p, rng, words) for _ in range(count))
+    return out
