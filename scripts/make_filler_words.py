@@ -35,18 +35,19 @@ EXTRA_EDIT_WORDS = ("red", "blue", "green", "yellow", "purple", "dark", "bright"
 
 def main() -> None:
     vocab = (minilm_folder() / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    wording_words = {w for f in FAMILIES.values() for text in f.paraphrases + f.train_only + f.templated()
-                     for w in re.findall(r"[a-z]+", text.lower())}
+    wordings = [text for f in FAMILIES.values() for text in f.paraphrases + f.train_only + f.templated()]
+    wording_words = {w for text in wordings for w in re.findall(r"[a-z]+", text.lower())}
     candidates = [w for w in vocab[VOCAB_IDS[0]:VOCAB_IDS[1]]
                   if re.fullmatch(r"[a-z]{3,12}", w) and w not in wording_words]
     edit_words = sorted({look for f in FAMILIES.values() for look in f.looks} | set(EXTRA_EDIT_WORDS))
     text = TextEnsemble.minilm()
     torch.set_num_threads(2)
-    vec = torch.cat([text.sentence_vectors(candidates[i:i + 256]) for i in range(0, len(candidates), 256)])
+    vec = torch.cat([text.sentence_vectors(candidates[i:i + 256])
+                     for i in range(0, len(candidates), 256)])
     ref = text.sentence_vectors(edit_words)
     cosine = vec @ ref.T  # unit vectors
     keep = [w for w, c in zip(candidates, cosine.max(1).values.tolist()) if c < MAX_COSINE]
-    header = (f"# {len(keep)} filler words, written by scripts/make_filler_words.py (read its docstring)\n")
+    header = f"# {len(keep)} filler words, written by scripts/make_filler_words.py (read its docstring)\n"
     FILLER_FILE.write_text(header + "\n".join(keep) + "\n", encoding="utf-8")
     print(f"{len(keep)} of {len(candidates)} candidate words -> {FILLER_FILE}")
 

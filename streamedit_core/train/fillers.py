@@ -6,8 +6,9 @@ edited a weak blue (15.8 dB, against 23.0 asked "make it all blue"). Training wo
 random common word put in ("make it sailing all blue", "harbour give it a red tint") teach the
 reader that the edit is in the words the wordings share, whatever else is said. Measured
 2026-11-30 with the demo edit map fitted alone on run 4's latents (2,000 steps, half the
-samples with one filler word): validation 22.56 -> 23.31 dB ("give it a deep red hue" 14.0 ->
-18.0), first 26 test pairs 22.06 -> 22.74 dB.
+samples with one of 8 filler variants): validation 22.56 -> 22.90 dB ("give it a deep red hue"
+14.0 -> 17.1), first 26 test pairs 22.06 -> 22.70 dB; over a whole run (demo run 10 against
+run 9) validation 23.64 -> 24.82 dB, test 23.55 -> 23.81 dB.
 
 The words (`filler_words.txt`, from scripts/make_filler_words.py) exclude every word of every
 benchmark wording, so held-out wordings stay unseen.
