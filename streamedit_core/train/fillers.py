@@ -3,7 +3,7 @@
 Why: the DiT reads a prompt by attention over its tokens, and a word that names no edit can take
 most of that attention. Run 8 gave "deep" 0.59 of the weight in "give it a deep blue hue" and
 edited a weak blue (15.8 dB, against 23.0 asked "make it all blue"). Training wordings with a
-random common word put in ("make it sailing all blue", "harbour give it a red tint") teach the
+random common word put in ("make it sailing all blue", "library give it a red tint") teach the
 reader that the edit is in the words the wordings share, whatever else is said. Measured
 2026-11-30 with the demo edit map fitted alone on run 4's latents (2,000 steps, half the
 samples with one of 8 filler variants): validation 22.56 -> 22.90 dB ("give it a deep red hue"
