@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from streamedit_core.text import TextEnsemble, minilm_folder  # noqa: E402
 from streamedit_core.train.fillers import FILLER_FILE  # noqa: E402
-from streamedit_core.train.synthetic import FAMILIES  # noqa: E402
+from streamedit_core.train.synthetic import FAMILIES, wording_words  # noqa: E402
 
 VOCAB_IDS = (1996, 12000)  # BERT's whole-word entries start at 1996 ("the")
 MAX_COSINE = 0.5
@@ -35,10 +35,9 @@ EXTRA_EDIT_WORDS = ("red", "blue", "green", "yellow", "purple", "dark", "bright"
 
 def main() -> None:
     vocab = (minilm_folder() / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    wordings = [text for f in FAMILIES.values() for text in f.paraphrases + f.train_only + f.templated()]
-    wording_words = {w for text in wordings for w in re.findall(r"[a-z]+", text.lower())}
+    used = wording_words()
     candidates = [w for w in vocab[VOCAB_IDS[0]:VOCAB_IDS[1]]
-                  if re.fullmatch(r"[a-z]{3,12}", w) and w not in wording_words]
+                  if re.fullmatch(r"[a-z]{3,12}", w) and w not in used]
     edit_words = sorted({look for f in FAMILIES.values() for look in f.looks} | set(EXTRA_EDIT_WORDS))
     text = TextEnsemble.minilm()
     torch.set_num_threads(2)

@@ -20,7 +20,7 @@ def test_families_are_many_and_well_formed():
 
 def test_no_prompt_is_shared_between_families():
     prompts = [p.lower() for f in synthetic.FAMILIES.values()
-               for p in set(f.paraphrases + f.train_only + f.templated())]
+               for p in set(f.wordings())]
     assert len(prompts) == len(set(prompts))
 
 
@@ -33,7 +33,7 @@ def test_splits_partition_photos_and_paraphrases_deterministically():
         train, held_out = parts[0], parts[1] + parts[2]
         assert sorted(held_out + tuple(w for w in train if w in fam.paraphrases)) == sorted(fam.paraphrases)
         # the extra wordings only ever train: validation and test stay unseen wording
-        assert set(fam.train_only) <= set(train) <= set(fam.paraphrases + fam.train_only + fam.templated())
+        assert set(fam.train_only) <= set(train) <= set(fam.wordings())
         assert not set(train) & set(held_out) and len(set(train)) == len(train), name
     assert synthetic.split_photos("test") == synthetic.split_photos("test")
 
@@ -111,9 +111,7 @@ def test_filler_words_are_common_words_that_no_wording_uses():
     words = filler_words()
     assert len(words) > 5000 and len(set(words)) == len(words)
     assert all(w.isalpha() and w.islower() for w in words)
-    wording_words = {w for f in synthetic.FAMILIES.values()
-                     for text in f.paraphrases + f.train_only + f.templated() for w in text.lower().split()}
-    assert not wording_words & set(words)  # held-out wordings stay unseen ("deep", "mosaic", ...)
+    assert not synthetic.wording_words() & set(words)  # held-out wordings stay unseen ("deep", "mosaic", ...)
     assert {"deep", "mosaic", "red", "green", "darkness"}.isdisjoint(words)
     v = filler_variants(["make it sepia", "", "make it sepia"], 4, seed=1)
     assert list(v) == ["make it sepia"] and len(v["make it sepia"]) == 4  # the null prompt gets none

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -131,6 +132,10 @@ class EditFamily:
         """Every LOOK_TEMPLATES frame filled with every look (before split_paraphrases drops
         those too close to held-out wording)."""
         return tuple(t.format(look) for look in self.looks for t in LOOK_TEMPLATES)
+
+    def wordings(self) -> tuple[str, ...]:
+        """Every wording of the family, all splits: paraphrases, train-only and templated."""
+        return self.paraphrases + self.train_only + self.templated()
 
 
 # Instruction frames that every family's `looks` fill in: the training wordings then share
@@ -291,6 +296,12 @@ def word_edits(a: str, b: str) -> int:
         for j, v in enumerate(y, 1):
             diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (u != v))
     return row[-1]
+
+
+def wording_words() -> set[str]:
+    """Every word (runs of lower-case letters) of every family's wordings, all splits."""
+    return {w for f in FAMILIES.values() for text in f.wordings()
+            for w in re.findall(r"[a-z]+", text.lower())}
 
 
 # --- Photos ----------------------------------------------------------------------------------
