@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from streamedit_core.train.config import DataConfig, TrainConfig
-from streamedit_core.train.losses import global_shift, temporal_consistency_loss
+from streamedit_core.train.losses import (flow_loss, global_shift, pixel_channel_weights,
+                                          temporal_consistency_loss)
 from streamedit_core.train.partitions import chunk_size, levels, window_levels
 from streamedit_core.train.synthetic import SyntheticEditDataset
 from streamedit_core.train.trainer import Trainer
@@ -220,11 +221,12 @@ def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch
 
     seen = []
     real = trainer_module.flow_loss
-    monkeypatch.setattr(trainer_module, "flow_loss", lambda v, target, w: seen.append(w) or real(v, target, w))
+    monkeypatch.setattr(trainer_module, "flow_loss",
+                        lambda v, target, w, cw: seen.append(w) or real(v, target, w, cw))
     temporal_seen = []
     real_tc = trainer_module.temporal_consistency_loss
     monkeypatch.setattr(trainer_module, "temporal_consistency_loss",
-                        lambda a, b, w, c: temporal_seen.append(w) or real_tc(a, b, w, c))
+                        lambda a, b, w, c, cw: temporal_seen.append(w) or real_tc(a, b, w, c, cw))
     runs = [Trainer(_cfg(tmp_path, loss_weighting=lw, out_dir=str(tmp_path / lw))) for lw in ("flow", "x0")]
     batch = collate([runs[0].dataset[p] for p in (0, 1)])
     with torch.no_grad():
@@ -238,6 +240,36 @@ def test_x0_loss_weighting_weights_each_frame_by_t_squared(tmp_path, monkeypatch
     assert len(temporal_seen) == 2
     with pytest.raises(ValueError, match="unknown loss_weighting 'x1'"):
         _cfg(tmp_path, loss_weighting="x1")
+
+
+def test_pixel_weighting_weighs_each_latent_channel_by_its_pixel_scale(tmp_path):
+    std = torch.tensor([4.0, 2.0, 1.0, 1.0])
+    torch.testing.assert_close(pixel_channel_weights(std, 1.0), torch.tensor([16.0, 4.0, 1.0, 1.0]) / 5.5)
+    torch.testing.assert_close(pixel_channel_weights(std, 0.5), torch.tensor([4.0, 2.0, 1.0, 1.0]) / 2.0)
+    assert torch.equal(pixel_channel_weights(std, 0.0), torch.ones(4))
+    # An error in one channel costs that channel's weight, in both DiT loss terms.
+    target, w = torch.zeros(1, 4, 2, 2, 2), torch.ones(1, 2)
+    cw = pixel_channel_weights(std, 1.0)
+    for c in range(4):
+        pred = target.clone()
+        pred[:, c] = 1.0
+        assert float(flow_loss(pred, target, w, cw)) == pytest.approx(float(cw[c]) / 4)
+        pred[:, c, 1] = 3.0  # a jump of 2 between the frames
+        assert float(temporal_consistency_loss(pred, target, w, None, cw)) == pytest.approx(float(cw[c]))
+
+    from streamedit_core.train.data import collate
+
+    plain = Trainer(_cfg(tmp_path))
+    weighted = Trainer(_cfg(tmp_path, pixel_weighting=1.0, out_dir=str(tmp_path / "pw")))
+    assert plain.channel_weight is None
+    torch.testing.assert_close(weighted.channel_weight, pixel_channel_weights(weighted.model.stle.latent_std, 1.0))
+    weighted.model.stle.latent_std[0] = 10.0  # so that the weights differ from ones
+    weighted.channel_weight = pixel_channel_weights(weighted.model.stle.latent_std, 1.0)
+    batch = collate([plain.dataset[p] for p in (0, 1)])
+    with torch.no_grad():
+        assert float(plain.dit_loss(batch, [0, 1], 0)[0]) != pytest.approx(float(weighted.dit_loss(batch, [0, 1], 0)[0]))
+    with pytest.raises(ValueError, match="pixel_weighting=1.5 must be in \\[0, 1\\]"):
+        _cfg(tmp_path, pixel_weighting=1.5)
 
 
 def test_cosine_lr_decay_after_warmup(tmp_path):

@@ -72,6 +72,12 @@ class TrainConfig:
     # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
     # noisy input already shows the target, while a deterministic edit is decided at high ones.
     loss_weighting: str = "flow"
+    # How the DiT losses (and the edit-map fit) weigh the latent channels. The latents are
+    # normalised to unit variance per channel, so by default a channel that carries 1/900 of
+    # the video's pixel variance counts as much as the first one. pixel_weighting p weighs
+    # channel c by latent_std[c]^(2p) (mean 1): 1 = the error of the video decoded through the
+    # STLE's linear path (what PSNR measures), 0 = every channel the same.
+    pixel_weighting: float = 0.0
     # Task dit, models with an edit map (DiTConfig.edit_map_rank): before the first step, fit the
     # prompt's linear edit map alone (the pooled-text MLP and the map, no transformer: a step of
     # 64 latent samples took 75 ms against 300 ms for a DiT step of 16 on 2 CPU cores) to the x0
@@ -123,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; expected one of {LR_DECAYS}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+        if not 0 <= self.pixel_weighting <= 1:
+            raise ValueError(f"pixel_weighting={self.pixel_weighting} must be in [0, 1]")
         if self.edit_map_steps < 0 or self.edit_map_batch < 1 or self.edit_map_lr <= 0:
             raise ValueError(f"need edit_map_steps >= 0, edit_map_batch >= 1, edit_map_lr > 0; got "
                              f"{self.edit_map_steps}, {self.edit_map_batch}, {self.edit_map_lr}")

@@ -11,14 +11,27 @@ from torch import Tensor
 
 
 # --- SCM: flow matching + temporal consistency ------------------------------------------------
-def flow_loss(v_pred: Tensor, v_target: Tensor, weight: Tensor) -> Tensor:
+def flow_loss(v_pred: Tensor, v_target: Tensor, weight: Tensor,
+              channel_weight: Tensor | None = None) -> Tensor:
     """Mean squared velocity error over the frames with weight 1 (the in-flight frames).
 
     v_pred, v_target [B, C, T, h, w]; weight [B, T] >= 0, a weighted mean over frames (history
-    frames get 0: their velocity is never used by the sampler).
+    frames get 0: their velocity is never used by the sampler); channel_weight [C] (mean 1) or
+    None: see `pixel_channel_weights`.
     """
-    err = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 3, 4))  # [B, T]
+    sq = (v_pred.float() - v_target.float()).pow(2)
+    if channel_weight is not None:
+        sq = sq * channel_weight.view(1, -1, 1, 1, 1)
+    err = sq.mean(dim=(1, 3, 4))  # [B, T]
     return (err * weight).sum() / weight.sum().clamp(min=1)
+
+
+def pixel_channel_weights(latent_std: Tensor, power: float) -> Tensor:
+    """Per-channel loss weights [C], mean 1: latent_std^(2 * power). A normalised latent's error
+    e_c shows in the decoded video (through the STLE's orthonormal linear path) as
+    latent_std[c] * e_c, so power 1 makes the latent loss the pixel error; 0 gives all ones."""
+    w = latent_std.float().pow(2 * power)
+    return w / w.mean()
 
 
 def global_shift(a: Tensor, b: Tensor) -> Tensor:
@@ -45,7 +58,8 @@ def _roll_rows(x: Tensor, shifts: Tensor) -> Tensor:
 
 
 def temporal_consistency_loss(x0_pred: Tensor, x0: Tensor, weight: Tensor,
-                              cond: Tensor | None = None) -> Tensor:
+                              cond: Tensor | None = None,
+                              channel_weight: Tensor | None = None) -> Tensor:
     """Error in the frame-to-frame change of the predicted clean latents.
 
     x0_pred, x0 [B, C, T, h, w]: predicted and true clean latents of the window (history frames
@@ -53,7 +67,8 @@ def temporal_consistency_loss(x0_pred: Tensor, x0: Tensor, weight: Tensor,
     1 for in-flight frames. For each consecutive pair (i, i+1) with frame i+1 in flight:
     || (x0_pred[i+1] - W x0_pred[i]) - (x0[i+1] - W x0[i]) ||^2, where W is the identity, or
     (when `cond`, the source latents, is given) the global motion from cond[i] to cond[i+1] —
-    i.e. flicker is measured along the motion, not across it.
+    i.e. flicker is measured along the motion, not across it. channel_weight [C] or None: as in
+    `flow_loss`.
     """
     if x0.shape[2] < 2:
         return x0_pred.new_zeros(())
@@ -66,7 +81,10 @@ def temporal_consistency_loss(x0_pred: Tensor, x0: Tensor, weight: Tensor,
         shifts = global_shift(a, bb)
         p = prev.transpose(1, 2).reshape(b * t1, c, *prev.shape[-2:])
         prev = _roll_rows(p, shifts).reshape(b, t1, c, *prev.shape[-2:]).transpose(1, 2)
-    d = (nxt - prev).pow(2).mean(dim=(1, 3, 4))  # [B, T-1]
+    sq = (nxt - prev).pow(2)
+    if channel_weight is not None:
+        sq = sq * channel_weight.view(1, -1, 1, 1, 1)
+    d = sq.mean(dim=(1, 3, 4))  # [B, T-1]
     w = weight[:, 1:]
     return (d * w).sum() / w.sum().clamp(min=1)
 

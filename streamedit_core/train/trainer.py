@@ -41,7 +41,8 @@ from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, iterate_batches
 from .distill import segment_levels, teacher_velocity
-from .losses import flow_loss, reconstruction_loss, stream_consistency_loss, temporal_consistency_loss
+from .losses import (flow_loss, pixel_channel_weights, reconstruction_loss, stream_consistency_loss,
+                     temporal_consistency_loss)
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
 from .fillers import filler_variants
@@ -148,6 +149,10 @@ class Trainer:
             encoder = text_encoder if text_encoder is not None else build_text(cfg, self.model.config)
             prompts, self.fillers = training_prompts(cfg, self.dataset)
             self.text = TextBank(encoder, [""] + prompts)
+        # DiT losses per latent channel: None (all the same) or pixel_weighting's [C] weights.
+        self.channel_weight = None
+        if cfg.task != "stle" and cfg.pixel_weighting > 0:
+            self.channel_weight = pixel_channel_weights(self.model.stle.latent_std, cfg.pixel_weighting).to(dev)
         if cfg.edit_map_steps:  # before any wrapping: plain modules, identical on every rank
             self.fit_edit_map()
 
@@ -252,9 +257,9 @@ class Trainer:
         # x0 weighting: t * (v error) = x0 error. Only the velocity term: the temporal term
         # already compares predicted clean latents.
         weight = in_flight * t.float() ** 2 if cfg.loss_weighting == "x0" else in_flight
-        fm = flow_loss(v, eps - x0, weight)
+        fm = flow_loss(v, eps - x0, weight, self.channel_weight)
         tc = temporal_consistency_loss(x_t - tt * v, x0, in_flight,
-                                       src if cfg.motion_compensation else None)
+                                       src if cfg.motion_compensation else None, self.channel_weight)
         return fm + cfg.temporal_weight * tc, {"flow": fm.detach(), "temporal": tc.detach()}
 
     def fit_edit_map(self) -> float:
@@ -284,7 +289,10 @@ class Trainer:
                 group["lr"] = scheduled_lr(cfg.edit_map_lr, step, n, min(50, n // 10), cosine=True)
             (positions, batch), = iterate_batches(self.dataset, step, batch_size, batch_size, 0, 1)
             src, x0, _, _, text, _ = self._window(batch, positions, step)
-            loss = (dit.edit_map_residual(src, text) - (x0 - src)).pow(2).mean()
+            sq = (dit.edit_map_residual(src, text) - (x0 - src)).pow(2)  # [B, C, T, h, w]
+            if self.channel_weight is not None:
+                sq = sq * self.channel_weight.view(1, -1, 1, 1, 1)
+            loss = sq.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -319,7 +327,7 @@ class Trainer:
         target = teacher_velocity(self.teacher, x_a, t_a, t_m, t_c, src, text, null, cfg_scale)
         with self._autocast():
             v = self.wrapped(x_a, t_a, src, text).float()
-        loss = flow_loss(v, target, (~hist).float())
+        loss = flow_loss(v, target, (~hist).float(), self.channel_weight)
         return loss, {"distill": loss.detach(), "teacher_steps": float(teacher_steps)}
 
     def current_round(self, step: int) -> tuple[int, int]:
