@@ -19,11 +19,16 @@ def flow_loss(v_pred: Tensor, v_target: Tensor, weight: Tensor,
     frames get 0: their velocity is never used by the sampler); channel_weight [C] (mean 1) or
     None: see `pixel_channel_weights`.
     """
-    sq = (v_pred.float() - v_target.float()).pow(2)
-    if channel_weight is not None:
-        sq = sq * channel_weight.view(1, -1, 1, 1, 1)
-    err = sq.mean(dim=(1, 3, 4))  # [B, T]
+    err = squared_error(v_pred, v_target, channel_weight).mean(dim=(1, 3, 4))  # [B, T]
     return (err * weight).sum() / weight.sum().clamp(min=1)
+
+
+def squared_error(a: Tensor, b: Tensor, channel_weight: Tensor | None = None) -> Tensor:
+    """(a - b)^2 in fp32, [B, C, ...], each channel times channel_weight [C] when given."""
+    sq = (a.float() - b.float()).pow(2)
+    if channel_weight is None:
+        return sq
+    return sq * channel_weight.view(1, -1, *([1] * (sq.dim() - 2)))
 
 
 def pixel_channel_weights(latent_std: Tensor, power: float) -> Tensor:
@@ -81,10 +86,7 @@ def temporal_consistency_loss(x0_pred: Tensor, x0: Tensor, weight: Tensor,
         shifts = global_shift(a, bb)
         p = prev.transpose(1, 2).reshape(b * t1, c, *prev.shape[-2:])
         prev = _roll_rows(p, shifts).reshape(b, t1, c, *prev.shape[-2:]).transpose(1, 2)
-    sq = (nxt - prev).pow(2)
-    if channel_weight is not None:
-        sq = sq * channel_weight.view(1, -1, 1, 1, 1)
-    d = sq.mean(dim=(1, 3, 4))  # [B, T-1]
+    d = squared_error(nxt, prev, channel_weight).mean(dim=(1, 3, 4))  # [B, T-1]
     w = weight[:, 1:]
     return (d * w).sum() / w.sum().clamp(min=1)
 

@@ -41,8 +41,8 @@ from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, iterate_batches
 from .distill import segment_levels, teacher_velocity
-from .losses import (flow_loss, pixel_channel_weights, reconstruction_loss, stream_consistency_loss,
-                     temporal_consistency_loss)
+from .losses import (flow_loss, pixel_channel_weights, reconstruction_loss, squared_error,
+                     stream_consistency_loss, temporal_consistency_loss)
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
 from .fillers import filler_variants
@@ -289,10 +289,7 @@ class Trainer:
                 group["lr"] = scheduled_lr(cfg.edit_map_lr, step, n, min(50, n // 10), cosine=True)
             (positions, batch), = iterate_batches(self.dataset, step, batch_size, batch_size, 0, 1)
             src, x0, _, _, text, _ = self._window(batch, positions, step)
-            sq = (dit.edit_map_residual(src, text) - (x0 - src)).pow(2)  # [B, C, T, h, w]
-            if self.channel_weight is not None:
-                sq = sq * self.channel_weight.view(1, -1, 1, 1, 1)
-            loss = sq.mean()
+            loss = squared_error(dit.edit_map_residual(src, text), x0 - src, self.channel_weight).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
