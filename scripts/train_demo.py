@@ -51,8 +51,9 @@ STAGES = ("stle", "dit", "distill")
 # Distillation is short too: in run 4 (25% of the time) the 6-step student scored 20.52 dB
 # against the undistilled DiT's 20.86 at 6 steps; the DiT's fit is what limits the demo. In run 8
 # (15%, 3,229 steps) the student scored 23.45 dB against the undistilled DiT's 23.48 at 6 steps,
-# so from run 9 on distillation gets 10% and the DiT the rest.
-SHARES = {"stle": 0.15, "dit": 0.75, "distill": 0.10}
+# so from run 9 on distillation gets 10% and the DiT the rest. From run 12 on the STLE has 384
+# channels, whose PCA start already reconstructs the test clips at 41.9 dB: it gets 5%.
+SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
 # (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)

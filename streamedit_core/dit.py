@@ -190,11 +190,14 @@ class StreamEditDiT(nn.Module):
         self.final_modulation = nn.Sequential(nn.SiLU(), ops.Linear(D, 2 * D, **kw))
         self.final_linear = ops.Linear(D, C * p * p, **kw)
         K = C * p * p
+        M = (cfg.edit_map_channels or C) * p * p  # patch values the full map reads (leading channels)
         # The prompt's linear edit map (cfg.edit_map_rank): pooled text -> coefficients over a
-        # learned basis of K x K matrices (+ biases); see DiTConfig.edit_map_rank.
+        # learned basis of M x M matrices (+ biases), and a scale and a bias for each of the other
+        # K - M values; see DiTConfig.edit_map_rank and edit_map_channels.
         self.edit_map = (nn.Sequential(ops.Linear(D, cfg.edit_map_rank, **kw),
-                                       ops.Linear(cfg.edit_map_rank, K * K + K, **kw))
+                                       ops.Linear(cfg.edit_map_rank, M * M + M + 2 * (K - M), **kw))
                          if cfg.edit_map_rank else None)
+        self.edit_map_values = M
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -275,12 +278,16 @@ class StreamEditDiT(nn.Module):
     def _edit_map(self, pooled: Tensor, source: Tensor) -> Tensor:
         """The prompt's linear map of the source patches: pooled [B, D], source [B, T, N, K] ->
         A(prompt) @ source + b(prompt), [B, T, N, K]."""
-        B, K = source.shape[0], source.shape[-1]
+        B, K, M = source.shape[0], source.shape[-1], self.edit_map_values
         # Unit-RMS input: the pooled text starts tiny (its MLP's small init), and the map's
         # learning rate should not wait for it to grow.
-        ab = self.edit_map(F.layer_norm(pooled.to(source.dtype), pooled.shape[-1:]))  # [B, K*K + K]
-        A, b = ab[:, :K * K].view(B, 1, K, K), ab[:, K * K:].view(B, 1, 1, K)
-        return torch.matmul(source, A.transpose(-1, -2)) + b
+        ab = self.edit_map(F.layer_norm(pooled.to(source.dtype), pooled.shape[-1:]))  # [B, M*M + M + 2(K-M)]
+        A, b = ab[:, :M * M].view(B, 1, M, M), ab[:, M * M:M * M + M].view(B, 1, 1, M)
+        out = torch.matmul(source[..., :M], A.transpose(-1, -2)) + b  # [B, T, N, M]
+        if M == K:
+            return out
+        scale, bias = ab[:, M * M + M:].view(B, 2, 1, 1, K - M).unbind(1)  # each [B, 1, 1, K-M]
+        return torch.cat([out, source[..., M:] * scale + bias], dim=-1)
 
     def edit_map_residual(self, cond: Tensor, text: TextEmbedding) -> Tensor:
         """The edit map's part of the x0 residual alone (no transformer): cond [B, C, T, h, w]

@@ -157,6 +157,28 @@ def test_edit_map_adds_the_prompts_linear_map_of_the_source():
         dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, edit_map_rank=4))
 
 
+def test_edit_map_on_leading_channels_scales_the_rest_per_value():
+    cfg = dataclasses.replace(CFG, prediction="source_residual", edit_map_rank=4, edit_map_channels=4)
+    model = StreamEditDiT(cfg)
+    x, t, cond, text = _inputs()
+    p2 = cfg.patch_size ** 2
+    K, M = cfg.latent_channels * p2, 4 * p2  # patch values: all, and those the full map reads
+    assert model.edit_map[-1].out_features == M * M + M + 2 * (K - M)  # not K * K + K
+    # Leading 4 channels: A = -0.5 I, b = 0.25; every other value: scale -1, bias 0 (removed).
+    with torch.no_grad():
+        model.edit_map[-1].bias[:M * M] = (-0.5 * torch.eye(M)).flatten()
+        model.edit_map[-1].bias[M * M:M * M + M] = 0.25
+        model.edit_map[-1].bias[M * M + M:M * M + K] = -1.0
+    x0 = (x - t[:, None, :, None, None] * model(x, t, cond, text))[:, :, 1:]
+    torch.testing.assert_close(x0[:, :4], 0.5 * cond[:, :4, 1:] + 0.25)
+    torch.testing.assert_close(x0[:, 4:], torch.zeros_like(x0[:, 4:]))
+    for bad in (-1, cfg.latent_channels + 1):
+        with pytest.raises(ValueError, match=f"edit_map_channels={bad} must be in \\[0, latent_channels=12\\]"):
+            dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(cfg, edit_map_channels=bad))
+    with pytest.raises(ValueError, match="> 0 only with an edit map"):
+        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(cfg, edit_map_rank=0))
+
+
 def test_timestep_of_one_frame_changes_the_output():
     model = _model()
     x, t, cond, text = _inputs()
