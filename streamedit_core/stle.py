@@ -1,7 +1,7 @@
 """STLE: the causal spatio-temporal latent autoencoder (4x in time, 8x in space, 12 channels).
 
 Video frames `[B, 3, T, H, W]` in `[0, 1]` <-> latents `[B, 12, T/4, H/8, W/8]` (12 =
-`latent_channels`: the paper's 12; the demo preset has 96), after the
+`latent_channels`: the paper's 12; the demo preset has 384), after the
 Movie Gen temporal autoencoder (https://arxiv.org/abs/2410.13720, section 3.1.1) made causal in
 time, as in CV-VAE / MAGVIT-v2 (https://arxiv.org/abs/2310.05737): every convolution over time
 sees only the current and earlier frames, so a stream can be coded chunk by chunk.
