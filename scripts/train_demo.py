@@ -52,7 +52,7 @@ STAGES = ("stle", "dit", "distill")
 # against the undistilled DiT's 20.86 at 6 steps; the DiT's fit is what limits the demo. In run 8
 # (15%, 3,229 steps) the student scored 23.45 dB against the undistilled DiT's 23.48 at 6 steps,
 # so from run 9 on distillation gets 10% and the DiT the rest. From run 12 on the STLE has 384
-# channels, whose PCA start already reconstructs the test clips at 41.9 dB: it gets 5%.
+# channels, whose PCA start already reconstructs the test clips at 41 dB: it gets 5%.
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts

@@ -208,19 +208,20 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(hidden_size=80, num_heads=4, depth_outer=1, depth_inner=2,
                       text_members=(TextMemberConfig("sentence", 384, 16),), dsa_block_size=16),
     ),
-    # The demo model codes 8x-downscaled video with 96 latent channels instead of the paper's
+    # The demo model codes 8x-downscaled video with 384 latent channels instead of the paper's
     # 12: at the benchmark's 64 px, 12 channels is a 64x compression whose best linear code
     # (PCA) reconstructs at 22.5 dB, and the issue asks for 28 dB from a model trained on a
-    # CPU; 96 channels (8x) start at 28.3 dB by PCA. Patch 1: a 2x2 patch would put 384 noisy
-    # + 384 source values into a 256-wide token, and the DiT could not even carry the source
-    # through (it learned 4x slower). Sized to ship in fp16 under 40 MB. The edit map: the best
-    # per-prompt affine map of this latent scores 26.5 dB on the benchmark, the DiT without
-    # one 20.5 after 55 minutes; with it, 18.8 dB instead of 17.3 after the same 1,400 steps.
-    # 384 channels (2x) since run 12: through 96 channels even the exact edit is recognised by
-    # the benchmark's classifier in only 0.80 of the test pairs (the fine detail is gone), through
-    # 384 in 0.93, as the exact edit itself. The edit map reads the leading 96 channels in full
-    # (edit_map_channels; in full on 384 it would be 9.5 M parameters); fitted alone it then
-    # scores 25.4 dB on 26 test pairs, against 22.7 at 96 channels.
+    # CPU. Runs 2-11 had 96 channels (8x, 28.3 dB by PCA), but through them even the exact edit
+    # is recognised by the benchmark's classifier in only 0.80 of the test pairs (the fine
+    # detail is gone); through 384 (2x, 41 dB) in 0.93, as the exact edit itself. Patch 1: the
+    # model predicts x0 as source + residual, so a token need not carry its 384 source values
+    # through (in an early trial a 2x2 patch of 96 channels, 384 + 384 values in a 256-wide
+    # token, learned 4x slower than patch 1). Sized
+    # to ship in fp16 under 40 MB. The edit map: a global appearance edit is close to one affine
+    # map per prompt in this latent; with it the DiT scored 18.8 dB instead of 17.3 after the
+    # same 1,400 steps (96 channels). It reads the leading 96 channels in full
+    # (edit_map_channels; in full on 384 it would be 9.5 M parameters); fitted alone it scores
+    # 25.4 dB on 26 test pairs, against 22.7 with 96 channels.
     "demo": ModelConfig(
         name="demo",
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=384),

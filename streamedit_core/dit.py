@@ -277,7 +277,8 @@ class StreamEditDiT(nn.Module):
 
     def _edit_map(self, pooled: Tensor, source: Tensor) -> Tensor:
         """The prompt's linear map of the source patches: pooled [B, D], source [B, T, N, K] ->
-        A(prompt) @ source + b(prompt), [B, T, N, K]."""
+        [B, T, N, K]: A(prompt) @ source + b(prompt) on the leading M values, and
+        scale(prompt) * source + bias(prompt) per value on the rest (cfg.edit_map_channels)."""
         B, K, M = source.shape[0], source.shape[-1], self.edit_map_values
         # Unit-RMS input: the pooled text starts tiny (its MLP's small init), and the map's
         # learning rate should not wait for it to grow.
