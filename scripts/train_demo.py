@@ -256,9 +256,10 @@ def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
             "trained_on": _hardware(), "source": str(model_path.name)}
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, dest, extra_metadata=meta)
-    mb = dest.stat().st_size / 1e6  # decimal MB, as the limit and tests/test_shipped_model.py
+    size = dest.stat().st_size
+    mb = size / 1e6  # decimal MB, as the limit and tests/test_shipped_model.py
     (log.info if mb <= MAX_EXPORT_MB else log.warning)(
-        "exported %s: %.2f MB (%.1f MiB; limit for the repo: %.0f MB)", dest, mb, mb * 1e6 / 2**20, MAX_EXPORT_MB)
+        "exported %s: %.2f MB (%.1f MiB; limit for the repo: %.0f MB)", dest, mb, size / 2**20, MAX_EXPORT_MB)
     return dest
 
 

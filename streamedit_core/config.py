@@ -216,12 +216,11 @@ PRESETS: dict[str, ModelConfig] = {
     # detail is gone); through 384 (2x, 41 dB) in 0.93, as the exact edit itself. Patch 1: the
     # model predicts x0 as source + residual, so a token need not carry its 384 source values
     # through (in an early trial a 2x2 patch of 96 channels, 384 + 384 values in a 256-wide
-    # token, learned 4x slower than patch 1). Sized
-    # to ship in fp16 under 40 MB. The edit map: a global appearance edit is close to one affine
-    # map per prompt in this latent; with it the DiT scored 18.8 dB instead of 17.3 after the
-    # same 1,400 steps (96 channels). It reads the leading 96 channels in full
-    # (edit_map_channels; in full on 384 it would be 9.5 M parameters); fitted alone it scores
-    # 25.4 dB on 26 test pairs, against 22.7 with 96 channels.
+    # token, learned 4x slower than patch 1). Sized to ship in fp16 under 40 MB. The edit map:
+    # a global appearance edit is close to one affine map per prompt in this latent; with it the
+    # DiT scored 18.8 dB instead of 17.3 after the same 1,400 steps (96 channels). It reads the
+    # leading 96 channels in full (edit_map_channels; in full on 384 it would be 9.5 M
+    # parameters); fitted alone it scores 25.4 dB on 26 test pairs, against 22.7 with 96 channels.
     "demo": ModelConfig(
         name="demo",
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=384),
