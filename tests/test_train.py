@@ -149,6 +149,8 @@ def test_config_errors_name_the_value(tmp_path):
         TrainConfig(partitions=("chunkX",))
     with pytest.raises(ValueError, match="teacher_steps=20"):
         TrainConfig(task="distill", teacher_steps=20)
+    with pytest.raises(ValueError, match="need pca_samples >= 1, got 0"):
+        TrainConfig(task="stle", pca_samples=0)
     with pytest.raises(ValueError, match=r"unknown keys \['frame'\]"):
         TrainConfig.from_dict({"data": {"frame": 8}})
     with pytest.raises(ValueError, match="global_batch=6 is not a multiple of micro_batch=4"):

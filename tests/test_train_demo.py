@@ -174,6 +174,33 @@ def test_stle_from_reuses_an_earlier_runs_stle(tiny_configs: Path, tmp_path: Pat
         train_demo.main(["--out", str(tmp_path / "third"), "--stle-from", str(tmp_path / "nowhere")])
 
 
+def test_stle_stage_of_zero_steps_is_the_pca_start(tiny_configs: Path, tmp_path: Path) -> None:
+    """steps 0 in stle.json: stage 1 is the PCA of pca_samples items, untimed and untrained."""
+    from streamedit_core.model import StreamEditModel
+    from streamedit_core.train.trainer import build_dataset, init_linear_path, set_latent_statistics
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    stle_cfg = json.loads((tiny_configs / "stle.json").read_text())
+    (configs / "stle.json").write_text(json.dumps({**stle_cfg, "steps": 0, "pca_samples": 4}))
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--config-dir", str(configs), "--stages", "stle", "--no-eval"]
+    assert train_demo.main(argv) == 0
+    summary = json.loads((out / "stle" / "stage.json").read_text())
+    assert (summary["steps"], summary["seconds_per_step"], summary["config"]["pca_samples"]) == (0, None, 4)
+    assert not (out / "stle" / "metrics.jsonl").exists()
+
+    cfg = train_demo.stage_config("stle", configs, out, None)
+    expected = StreamEditModel.from_preset("tiny", seed=cfg.seed)
+    dataset = build_dataset(cfg)
+    with torch.no_grad():
+        init_linear_path(expected.stle, dataset, samples=4)
+        set_latent_statistics(expected.stle, dataset, cfg)
+    got = load_checkpoint(out / "stle" / "model.safetensors").stle.state_dict()
+    for name, t in expected.stle.state_dict().items():
+        assert torch.allclose(t, got[name], atol=1e-6), name
+
+
 def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown stages \\['finetune'\\]"):
         train_demo.main(["--out", str(tmp_path), "--stages", "stle,finetune"])

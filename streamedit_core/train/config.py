@@ -87,7 +87,10 @@ class TrainConfig:
     edit_map_steps: int = 0
     edit_map_batch: int = 64
     edit_map_lr: float = 3e-3
-    # STLE objective
+    # STLE objective. A new STLE starts at the PCA of pca_samples data items (sources and
+    # targets); with steps 0 that linear code is the STLE (at 384 latent channels it beat the
+    # trained one: 41.9 dB with 64 items against 37.8 after 264 conv steps from 32).
+    pca_samples: int = 32
     ssim_weight: float = 0.2
     stream_weight: float = 0.1  # consistency of a stream started one latent frame later
     # distillation
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if not 0 <= self.pixel_weighting <= 1:
             raise ValueError(f"pixel_weighting={self.pixel_weighting} must be in [0, 1]")
+        if self.pca_samples < 1:
+            raise ValueError(f"need pca_samples >= 1, got {self.pca_samples}")
         if self.edit_map_steps < 0 or self.edit_map_batch < 1 or self.edit_map_lr <= 0:
             raise ValueError(f"need edit_map_steps >= 0, edit_map_batch >= 1, edit_map_lr > 0; got "
                              f"{self.edit_map_steps}, {self.edit_map_batch}, {self.edit_map_lr}")

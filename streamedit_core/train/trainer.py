@@ -142,7 +142,7 @@ class Trainer:
         self.model.requires_grad_(False).eval()
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         if cfg.task == "stle" and not cfg.init_checkpoint:  # from scratch: start at PCA
-            init_linear_path(self.model.stle, self.dataset)
+            init_linear_path(self.model.stle, self.dataset, cfg.pca_samples)
         # Text: the prompts of the data set are encoded once, here.
         self.text = None
         if cfg.task != "stle":
