@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each stage gets its share of the time still left, so an overrun of one stage (the
     # machine got busier than at calibration) is taken out of the next ones.
     deadline = time.perf_counter() + args.budget_minutes * 60
-    init, summaries = None, []
+    init = None
     for stage in STAGES:
         prev = out / STAGES[STAGES.index(stage) - 1] / "model.safetensors" if stage != "stle" else None
         if stage not in stages:
@@ -396,11 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         share = SHARES[stage] / sum(SHARES[s] for s in stages[stages.index(stage):])
         left = max(0.0, deadline - time.perf_counter())
         init = run_stage(stage, cfg, left * share)
-        summaries.append(json.loads((out / stage / "stage.json").read_text()))
 
     if stages[-1] != "distill":  # only the distilled 6-step student is the demo model
         log.info("stopped after stage %s: no export (evaluate it with --eval-checkpoint %s)", stages[-1], init)
         return 0
+    # Every stage behind the model, also those finished by an earlier command of this run.
+    summaries = [json.loads((out / s / "stage.json").read_text()) for s in STAGES
+                 if (out / s / "stage.json").is_file()]
     final = export(init, Path(args.export) if args.export else out / EXPORT_NAME, summaries)
     if not args.no_eval:
         result = evaluate(final, out, args.eval_limit)

@@ -91,6 +91,10 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     before = {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
     assert train_demo.main(argv) == 0
     assert before == {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
+    # An export from a command that ran the last stage alone still lists every stage behind it.
+    export.unlink()
+    assert train_demo.main(argv + ["--stages", "distill"]) == 0
+    assert [s["stage"] for s in json.loads(read_checkpoint_metadata(export)["stages"])] == list(train_demo.STAGES)
 
     # An interrupted stage (no stage.json yet) resumes from its state with its planned steps.
     stle_dir = out / "stle"
