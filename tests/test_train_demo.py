@@ -155,6 +155,32 @@ def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkey
     assert distill.cfg.steps == 8 and json.loads(plan.read_text())["steps"] == 8
 
 
+def test_a_stage_overrun_does_not_starve_the_next(tmp_path: Path, monkeypatch) -> None:
+    """Each stage gets its share of the time left, but at least its share of the whole budget:
+    a DiT that overran leaves the distillation its 10 %, and the run ends later."""
+    clock = [0.0]
+    budgets = {}
+
+    def fake_stage(stage, cfg, budget_s):
+        budgets[stage] = budget_s
+        clock[0] += {"stle": 5.0, "dit": budget_s + 600.0, "distill": budget_s}[stage]  # the DiT overruns 10 min
+        folder = Path(cfg.out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"")
+        (folder / "stage.json").write_text(json.dumps({"stage": stage}))
+        return folder / "model.safetensors"
+
+    monkeypatch.setattr(train_demo.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train_demo, "run_stage", fake_stage)
+    monkeypatch.setattr(train_demo, "encode_latents", lambda cfg, *a: cfg.data)
+    monkeypatch.setattr(train_demo, "export", lambda model, dest, summaries: dest)
+    assert train_demo.main(["--out", str(tmp_path), "--budget-minutes", "100", "--no-eval"]) == 0
+    shares = train_demo.SHARES
+    assert budgets["stle"] == pytest.approx(6000 * shares["stle"])
+    assert budgets["dit"] == pytest.approx((6000 - 5) * shares["dit"] / (shares["dit"] + shares["distill"]))
+    assert budgets["distill"] == pytest.approx(6000 * shares["distill"])  # not the 31 s left
+
+
 def test_stle_from_reuses_an_earlier_runs_stle(tiny_configs: Path, tmp_path: Path) -> None:
     from streamedit_core.model import StreamEditModel
 
