@@ -165,7 +165,6 @@ def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
         log.info("stage %s: resuming an interrupted run of %d steps", stage, steps)
     elif cfg.steps == 0:  # the config asks for the start alone (an STLE's PCA): nothing to time
         per_step, steps = 0.0, 0
-        t_start = time.perf_counter()
     else:
         t_start = time.perf_counter()
         per_step = seconds_per_step(cfg)
@@ -182,7 +181,8 @@ def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
     steps = trainer.cfg.steps
     seconds = time.perf_counter() - t0
     summary = {"stage": stage, "steps": steps, "train_seconds": round(seconds, 1), "resumed": resume,
-               "seconds_per_step": round(seconds / steps, 3) if steps else None, "calibrated_seconds_per_step": round(per_step, 3),
+               "seconds_per_step": round(seconds / steps, 3) if steps else None,
+               "calibrated_seconds_per_step": round(per_step, 3),
                "budget_seconds": round(budget_s, 1), "threads": torch.get_num_threads(),
                "last_metrics": _last_metrics(out / "metrics.jsonl"), "config": trainer.cfg.to_dict()}
     summary_path.write_text(json.dumps(summary, indent=2))
