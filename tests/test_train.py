@@ -143,6 +143,16 @@ def test_resume_from_another_config_is_a_clear_error(tmp_path):
         Trainer(_cfg(tmp_path, steps=2, out_dir=str(tmp_path / "empty"))).run(resume=True)
 
 
+def test_resume_reads_a_field_newer_than_the_run_as_its_default():
+    from streamedit_core.train.config import resume_mismatch
+
+    saved = TrainConfig(task="stle").to_dict()
+    del saved["pca_samples"], saved["data"]["identity_fraction"]  # as written before they existed
+    assert resume_mismatch(saved, TrainConfig(task="stle")) == []
+    assert resume_mismatch(saved, TrainConfig(task="stle", pca_samples=256)) == [
+        "pca_samples: checkpoint 32 vs now 256"]
+
+
 # --- configs and the CLI ----------------------------------------------------------------------
 def test_config_errors_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="'chunkX'"):

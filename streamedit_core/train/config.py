@@ -217,8 +217,12 @@ def _check_keys(cls: type, d: Any, where: str) -> None:
 
 
 def resume_mismatch(saved: dict[str, Any], current: TrainConfig) -> list[str]:
-    """Fields (besides RESUME_FREE) where a saved run's config differs from `current`."""
+    """Fields (besides RESUME_FREE) where a saved run's config differs from `current`. A field
+    that the saved config lacks (added to TrainConfig after that run started) counts as its
+    default, which keeps the behaviour from before the field existed."""
     now = current.to_dict()
+    default = TrainConfig().to_dict()
+    saved = {**default, **saved, "data": {**default["data"], **saved.get("data", {})}}
     keys = sorted((set(saved) | set(now)) - set(RESUME_FREE))
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}"
             for k in keys if _norm(saved.get(k)) != _norm(now.get(k))]
