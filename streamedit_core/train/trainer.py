@@ -538,9 +538,10 @@ def scheduled_lr(peak: float, step: int, steps: int, warmup: int, cosine: bool) 
     return peak
 
 
-def init_linear_path(stle: nn.Module, dataset, samples: int = 32) -> None:
+def init_linear_path(stle: nn.Module, dataset, samples: int) -> None:
     """PCA start for a new STLE (see `STLE.init_linear_path`), fitted on the first `samples`
-    data items, sources and edited targets both (the STLE codes the edited video too)."""
+    data items (TrainConfig.pca_samples), sources and edited targets both (the STLE codes the
+    edited video too)."""
     items = [dataset[p] for p in range(min(samples, len(dataset)))]
     frames = torch.stack([i[k] for i in items for k in ("source", "target")])
     stle.init_linear_path(frames.to(stle.latent_std.device))
