@@ -374,3 +374,40 @@ def test_edit_map_fit_trains_only_the_map_and_lowers_its_loss(tmp_path):
         Trainer(_cfg(tmp_path, edit_map_steps=2))
     with pytest.raises(ValueError, match="edit_map_steps is for task 'dit'"):
         _cfg(tmp_path, task="distill", edit_map_steps=2)
+
+
+def test_edit_weighting_weighs_each_sample_by_its_edit_energy(tmp_path, monkeypatch):
+    from streamedit_core.train import trainer as trainer_module
+    from streamedit_core.train.data import collate
+    from streamedit_core.train.losses import edit_energy, edit_weights
+
+    # ((e + 0.1 mean) / mean)^-p: no edit weighs 10x (p = 1), the mean edit 1/1.1, 4x the mean 1/4.1.
+    e = torch.tensor([0.0, 2.0, 8.0])
+    torch.testing.assert_close(edit_weights(e, 2.0, 1.0), torch.tensor([10.0, 1 / 1.1, 1 / 4.1]))
+    torch.testing.assert_close(edit_weights(e, 2.0, 0.5), torch.tensor([10.0, 1 / 1.1, 1 / 4.1]).sqrt())
+    with pytest.raises(ValueError, match="the data has no edits"):
+        edit_weights(e, 0.0, 1.0)
+
+    seen = []
+    real = trainer_module.flow_loss
+    monkeypatch.setattr(trainer_module, "flow_loss",
+                        lambda v, target, w, cw: seen.append(w) or real(v, target, w, cw))
+    tr = Trainer(_cfg(tmp_path, edit_weighting=1.0))
+    batch = collate([tr.dataset[p] for p in (0, 1)])
+    src, x0 = tr._latents(batch)
+    assert tr.mean_edit_energy == pytest.approx(float(edit_energy(src, x0).mean()))  # both pairs of the data
+    with torch.no_grad():
+        tr.dit_loss(batch, [0, 1], step=0)
+    t = tr._window(batch, [0, 1], 0)[3]  # [B, T]
+    expected = edit_weights(edit_energy(src, x0), tr.mean_edit_energy, 1.0)
+    assert not torch.allclose(expected[0], expected[1])  # two edits of different size
+    torch.testing.assert_close(seen[0], (t > 0).float() * expected[:, None])
+    assert Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "off"))).mean_edit_energy is None
+
+    with pytest.raises(ValueError, match="edit_weighting=3 must be in \\[0, 2\\]"):
+        _cfg(tmp_path, edit_weighting=3)
+    with pytest.raises(ValueError, match="edit_weighting is for tasks 'dit' and 'distill'"):
+        _cfg(tmp_path, task="stle", edit_weighting=0.5)
+    identity = dataclasses.replace(FIXED, identity_fraction=1.0)
+    with pytest.raises(ValueError, match="all identity pairs"):
+        Trainer(_cfg(tmp_path, data=identity, edit_weighting=0.5, out_dir=str(tmp_path / "id")))

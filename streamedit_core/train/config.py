@@ -78,6 +78,13 @@ class TrainConfig:
     # channel c by latent_std[c]^(2p) (mean 1): 1 = the error of the video decoded through the
     # STLE's linear path (what PSNR measures), 0 = every channel the same.
     pixel_weighting: float = 0.0
+    # How the DiT and distillation losses weigh each sample against the others: by its edit
+    # energy e (the mean squared target - source latent, channel-weighted as above) to the power
+    # -edit_weighting, as ((e + 0.1 * mean e) / mean e)^-p, the mean over the data's first items
+    # (train.losses.edit_weights). 0 = every sample the same. Plain MSE gives the large edits
+    # (invert, sketch: 4x the mean energy) 40x the say of the small ones (warm, blur, posterize:
+    # 0.1-0.2x), yet a small edit that is not made reads as no edit at all.
+    edit_weighting: float = 0.0
     # Task dit, models with an edit map (DiTConfig.edit_map_rank): before the first step, fit the
     # prompt's linear edit map alone (the pooled-text MLP and the map, no transformer: a step of
     # 64 latent samples took 75 ms against 300 ms for a DiT step of 16 on 2 CPU cores) to the x0
@@ -134,6 +141,10 @@ class TrainConfig:
             raise ValueError(f"unknown loss_weighting {self.loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if not 0 <= self.pixel_weighting <= 1:
             raise ValueError(f"pixel_weighting={self.pixel_weighting} must be in [0, 1]")
+        if not 0 <= self.edit_weighting <= 2:
+            raise ValueError(f"edit_weighting={self.edit_weighting} must be in [0, 2]")
+        if self.edit_weighting and self.task == "stle":
+            raise ValueError("edit_weighting is for tasks 'dit' and 'distill', not 'stle'")
         if self.pca_samples < 1:
             raise ValueError(f"need pca_samples >= 1, got {self.pca_samples}")
         if self.edit_map_steps < 0 or self.edit_map_batch < 1 or self.edit_map_lr <= 0:

@@ -39,6 +39,23 @@ def pixel_channel_weights(latent_std: Tensor, power: float) -> Tensor:
     return w / w.mean()
 
 
+EDIT_WEIGHT_FLOOR = 0.1  # of the mean edit energy: a no-edit pair (energy 0) weighs as 0.1x the mean
+
+
+def edit_energy(source: Tensor, target: Tensor, channel_weight: Tensor | None = None) -> Tensor:
+    """Mean squared edit per sample: source, target [B, C, ...] -> [B] (fp32)."""
+    return squared_error(target, source, channel_weight).flatten(1).mean(1)
+
+
+def edit_weights(energy: Tensor, mean_energy: float, power: float) -> Tensor:
+    """Per-sample loss weights [B] from edit energies [B]: ((e + floor) / mean)^-power, with
+    floor EDIT_WEIGHT_FLOOR * mean (TrainConfig.edit_weighting). Relative: `flow_loss` divides
+    by the sum of the weights, so only the ratios between samples count."""
+    if mean_energy <= 0:
+        raise ValueError(f"mean edit energy must be > 0, got {mean_energy}: the data has no edits")
+    return ((energy.float() + EDIT_WEIGHT_FLOOR * mean_energy) / mean_energy).pow(-power)
+
+
 def global_shift(a: Tensor, b: Tensor) -> Tensor:
     """Integer (dy, dx) per batch row that best maps frame a onto frame b, by phase correlation.
 

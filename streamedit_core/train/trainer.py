@@ -39,9 +39,9 @@ from ..model import StreamEditModel
 from ..types import TextEmbedding
 from . import dist as D
 from .config import TrainConfig, resume_mismatch
-from .data import LatentShardDataset, ManifestDataset, iterate_batches
+from .data import LatentShardDataset, ManifestDataset, collate, iterate_batches
 from .distill import segment_levels, teacher_velocity
-from .losses import (flow_loss, pixel_channel_weights, reconstruction_loss, squared_error,
+from .losses import (edit_energy, edit_weights, flow_loss, pixel_channel_weights, reconstruction_loss, squared_error,
                      stream_consistency_loss, temporal_consistency_loss)
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
@@ -153,6 +153,9 @@ class Trainer:
         self.channel_weight = None
         if cfg.task != "stle" and cfg.pixel_weighting > 0:
             self.channel_weight = pixel_channel_weights(self.model.stle.latent_std, cfg.pixel_weighting).to(dev)
+        # edit_weighting's yardstick: the mean edit energy of the data's first items (the same
+        # items on every rank and on resume).
+        self.mean_edit_energy = self._mean_edit_energy() if cfg.edit_weighting > 0 else None
         if cfg.edit_map_steps:  # before any wrapping: plain modules, identical on every rank
             self.fit_edit_map()
 
@@ -190,6 +193,24 @@ class Trainer:
             both = torch.cat([batch["source"], batch["target"]]).to(dev)
             z = self.model.stle.encode(both).float()
         return z.chunk(2)
+
+    def _mean_edit_energy(self, items: int = 64) -> float:
+        """Mean edit energy (losses.edit_energy) of the dataset's first `items` pairs."""
+        n = min(items, len(self.dataset))
+        src, x0 = self._latents(collate([self.dataset[p] for p in range(n)]))
+        mean = float(edit_energy(src, x0, self.channel_weight).mean())
+        log.info("edit weighting: mean edit energy %.4g over the first %d pairs", mean, n)
+        if mean <= 0:
+            raise ValueError(f"edit_weighting needs edits, but the first {n} pairs of the data are all "
+                             "identity pairs (target == source)")
+        return mean
+
+    def _sample_weights(self, src: Tensor, x0: Tensor) -> Tensor:
+        """Per-sample loss weights [B, 1] (TrainConfig.edit_weighting; all ones when off)."""
+        if self.mean_edit_energy is None:
+            return src.new_ones(src.shape[0], 1)
+        energy = edit_energy(src, x0, self.channel_weight)
+        return edit_weights(energy, self.mean_edit_energy, self.cfg.edit_weighting)[:, None]
 
     def _window(self, batch: dict, positions: list[int], step: int):
         """Per-step partition and history, per-sample noise, levels and prompt dropout."""
@@ -253,7 +274,7 @@ class Trainer:
         x_t = (1 - tt) * x0 + tt * eps  # history frames (t = 0) are the clean latents
         with self._autocast():
             v = self.wrapped(x_t, t, src, text).float()
-        in_flight = (t > 0).float()
+        in_flight = (t > 0).float() * self._sample_weights(src, x0)  # [B, T]
         # x0 weighting: t * (v error) = x0 error. Only the velocity term: the temporal term
         # already compares predicted clean latents.
         weight = in_flight * t.float() ** 2 if cfg.loss_weighting == "x0" else in_flight
@@ -324,7 +345,7 @@ class Trainer:
         target = teacher_velocity(self.teacher, x_a, t_a, t_m, t_c, src, text, null, cfg_scale)
         with self._autocast():
             v = self.wrapped(x_a, t_a, src, text).float()
-        loss = flow_loss(v, target, (~hist).float(), self.channel_weight)
+        loss = flow_loss(v, target, (~hist).float() * self._sample_weights(src, x0), self.channel_weight)
         return loss, {"distill": loss.detach(), "teacher_steps": float(teacher_steps)}
 
     def current_round(self, step: int) -> tuple[int, int]:
