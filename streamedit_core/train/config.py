@@ -81,9 +81,10 @@ class TrainConfig:
     # How the DiT and distillation losses weigh each sample against the others: by its edit
     # energy e (the mean squared target - source latent, channel-weighted as above) to the power
     # -edit_weighting, as ((e + 0.1 * mean e) / mean e)^-p, the mean over the data's first items
-    # (train.losses.edit_weights). 0 = every sample the same. Plain MSE gives the large edits
-    # (invert, sketch: 4x the mean energy) 40x the say of the small ones (warm, blur, posterize:
-    # 0.1-0.2x), yet a small edit that is not made reads as no edit at all.
+    # (train.losses.edit_weights). 0 = every sample the same. In the demo's latents invert and
+    # sketch have 5x the mean edit energy, posterize 0.3x, blur 0.5x, warm and cool 0.04x, so
+    # plain MSE lets the large edits outvote the small ones, yet a small edit that is not made
+    # reads as no edit at all. At 0.5 their weights are 0.45, 1.6, 1.3 and 2.6 (no edit: 3.2).
     edit_weighting: float = 0.0
     # Task dit, models with an edit map (DiTConfig.edit_map_rank): before the first step, fit the
     # prompt's linear edit map alone (the pooled-text MLP and the map, no transformer: a step of
