@@ -403,6 +403,15 @@ def test_edit_weighting_weighs_each_sample_by_its_edit_energy(tmp_path, monkeypa
     assert not torch.allclose(expected[0], expected[1])  # two edits of different size
     torch.testing.assert_close(seen[0], (t > 0).float() * expected[:, None])
     assert Trainer(_cfg(tmp_path, out_dir=str(tmp_path / "off"))).mean_edit_energy is None
+    # The distillation weighs its samples the same way (same seed: same STLE, same latents).
+    teacher = Trainer(_cfg(tmp_path, steps=1, out_dir=str(tmp_path / "teacher"))).run()
+    student = Trainer(_cfg(tmp_path, task="distill", init_checkpoint=str(teacher), teacher_steps=12,
+                           teacher_cfg=1.0, edit_weighting=1.0, out_dir=str(tmp_path / "student")))
+    seen.clear()
+    with torch.no_grad():
+        student.distill_loss(batch, [0, 1], step=0)
+    history = student._window(batch, [0, 1], 0)[3] == 0
+    torch.testing.assert_close(seen[0], (~history).float() * expected[:, None])
 
     with pytest.raises(ValueError, match="edit_weighting=3 must be in \\[0, 2\\]"):
         _cfg(tmp_path, edit_weighting=3)
