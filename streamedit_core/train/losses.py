@@ -39,7 +39,7 @@ def pixel_channel_weights(latent_std: Tensor, power: float) -> Tensor:
     return w / w.mean()
 
 
-EDIT_WEIGHT_FLOOR = 0.1  # of the mean edit energy: a no-edit pair (energy 0) weighs as 0.1x the mean
+EDIT_WEIGHT_FLOOR = 0.1  # of the mean edit energy: a no-edit pair weighs as an edit of 0.1x the mean
 
 
 def edit_energy(source: Tensor, target: Tensor, channel_weight: Tensor | None = None) -> Tensor:

@@ -41,8 +41,8 @@ from . import dist as D
 from .config import TrainConfig, resume_mismatch
 from .data import LatentShardDataset, ManifestDataset, collate, iterate_batches
 from .distill import segment_levels, teacher_velocity
-from .losses import (edit_energy, edit_weights, flow_loss, pixel_channel_weights, reconstruction_loss, squared_error,
-                     stream_consistency_loss, temporal_consistency_loss)
+from .losses import (edit_energy, edit_weights, flow_loss, pixel_channel_weights, reconstruction_loss,
+                     squared_error, stream_consistency_loss, temporal_consistency_loss)
 from .partitions import window_levels
 from .synthetic import SyntheticEditDataset
 from .fillers import filler_variants
@@ -194,11 +194,15 @@ class Trainer:
             z = self.model.stle.encode(both).float()
         return z.chunk(2)
 
-    def _mean_edit_energy(self, items: int = 64) -> float:
-        """Mean edit energy (losses.edit_energy) of the dataset's first `items` pairs."""
+    def _mean_edit_energy(self, items: int = 64, chunk: int = 8) -> float:
+        """Mean edit energy (losses.edit_energy) of the dataset's first `items` pairs, encoded
+        `chunk` at a time (pixel data goes through the STLE)."""
         n = min(items, len(self.dataset))
-        src, x0 = self._latents(collate([self.dataset[p] for p in range(n)]))
-        mean = float(edit_energy(src, x0, self.channel_weight).mean())
+        energies = []
+        for lo in range(0, n, chunk):
+            src, x0 = self._latents(collate([self.dataset[p] for p in range(lo, min(lo + chunk, n))]))
+            energies.append(edit_energy(src, x0, self.channel_weight))
+        mean = float(torch.cat(energies).mean())
         log.info("edit weighting: mean edit energy %.4g over the first %d pairs", mean, n)
         if mean <= 0:
             raise ValueError(f"edit_weighting needs edits, but the first {n} pairs of the data are all "
