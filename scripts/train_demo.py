@@ -159,6 +159,7 @@ def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
         return out / MODEL_FILE
     plan_path = out / "plan.json"  # the step count (and its one re-plan), so that a resume keeps it
     resume = plan_path.is_file() and (out / STATE_FILE).is_file()
+    retime = None  # only a freshly planned run re-plans from its own pace
     if resume:
         plan = json.loads(plan_path.read_text())
         per_step, steps = plan["calibrated_seconds_per_step"], plan["steps"]
@@ -173,7 +174,7 @@ def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
         log.info("stage %s: %.2f s/step measured, %d steps in %.0f s", stage, per_step, steps, left)
         out.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps({"steps": steps, "calibrated_seconds_per_step": per_step}))
-    retime = None if resume or steps == 0 else Retimer(stage, t_start + budget_s, cfg.steps, plan_path)
+        retime = Retimer(stage, t_start + budget_s, cfg.steps, plan_path)
     cfg = cfg.replace(steps=steps)
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
