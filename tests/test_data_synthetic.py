@@ -105,6 +105,33 @@ def test_dataset_items_are_pairs_of_their_prompt():
     assert "" in ds.all_prompts()
 
 
+def test_underexposed_clips_are_dimmed_before_the_edit():
+    kw = dict(frames=4, size=32, seed=1, identity_fraction=0.3, length=40)
+    plain = synthetic.SyntheticEditDataset("train", **kw)
+    dim = synthetic.SyntheticEditDataset("train", underexposed_fraction=0.5, **kw)
+    lo, hi = synthetic.UNDEREXPOSED_GAIN
+    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
+    gains = []
+    for i in range(40):
+        a, b = plain[i], dim[i]
+        assert a["prompt"] == b["prompt"]  # the fraction changes exposure only
+        if torch.equal(a["source"], b["source"]):  # not dimmed: the very same pair
+            torch.testing.assert_close(a["target"], b["target"])
+            continue
+        gain = float(b["source"].sum() / a["source"].sum())
+        torch.testing.assert_close(b["source"], a["source"] * gain)  # one gain for the whole clip
+        gains.append(gain)
+        src, tgt = (b[k].permute(1, 2, 3, 0) for k in ("source", "target"))
+        expected = src if b["prompt"] == "" else by_prompt[b["prompt"]].apply(src)
+        torch.testing.assert_close(tgt, expected)  # the edit is made on the dimmed clip
+    assert 10 <= len(gains) <= 30 and all(lo - 1e-4 <= g <= hi for g in gains)
+    assert min(gains) < 0.3  # the range reaches far below the photos' exposure
+    with pytest.raises(ValueError, match=r"underexposed_fraction must be in \[0, 1\], got 1.5"):
+        synthetic.SyntheticEditDataset("train", underexposed_fraction=1.5)
+    with pytest.raises(ValueError, match=r"underexposure gain must be in \(0, 1\]"):
+        synthetic.underexpose(torch.ones(1, 2, 2, 3), 0.0)
+
+
 def test_filler_words_are_common_words_that_no_wording_uses():
     from streamedit_core.train.fillers import filler_variants, filler_words
 

@@ -31,6 +31,7 @@ class DataConfig:
     size: int = 32  # square crop side in pixels (a multiple of the model's spatial stride)
     split: str = "train"  # synthetic: which split of photos and paraphrases
     identity_fraction: float = 0.1  # synthetic: share of identity pairs (empty prompt)
+    underexposed_fraction: float = 0.0  # synthetic: share of clips dimmed before the edit
     length: int | None = None  # synthetic: size of the index space (small = a fixed set)
 
 
