@@ -376,6 +376,13 @@ def photo_clip(photo: str, *, frames: int, size: int, seed: int) -> Tensor:
 UNDEREXPOSED_GAIN = (0.1, 1.0)
 
 
+def underexposure_gain(u: float) -> float:
+    """The gain at quantile u in [0, 1] of a log-uniform draw from UNDEREXPOSED_GAIN (each
+    halving of the light as likely)."""
+    lo, hi = UNDEREXPOSED_GAIN
+    return math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
 def underexpose(frames: Tensor, gain: float) -> Tensor:
     """frames [..., 3] in [0, 1] -> the same scene with `gain` times the light (a darker exposure)."""
     if not 0.0 < gain <= 1.0:
@@ -432,8 +439,7 @@ class SyntheticEditDataset:
             prompt = rng.choice(self.prompts[family])
         # Drawn after everything else, so that a fraction of 0 leaves every item as it was.
         if self.underexposed_fraction > 0 and rng.random() < self.underexposed_fraction:
-            lo, hi = UNDEREXPOSED_GAIN
-            clip = underexpose(clip, math.exp(rng.uniform(math.log(lo), math.log(hi))))
+            clip = underexpose(clip, underexposure_gain(rng.random()))
         if family is None:
             target, prompt = clip, IDENTITY_PROMPT
         else:
