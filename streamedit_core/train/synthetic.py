@@ -433,16 +433,13 @@ class SyntheticEditDataset:
         rng = random.Random(f"synthetic:{self.split}:{self.seed}:{int(index) % self.length}")
         photo = rng.choice(self.photos)
         clip = photo_clip(photo, frames=self.frames, size=self.size, seed=rng.randrange(2**31))
-        family = None
+        family, prompt = None, IDENTITY_PROMPT
         if rng.random() >= self.identity_fraction:
             family = rng.choice(self.families)
             prompt = rng.choice(self.prompts[family])
         # Drawn after everything else, so that a fraction of 0 leaves every item as it was.
         if self.underexposed_fraction > 0 and rng.random() < self.underexposed_fraction:
             clip = underexpose(clip, underexposure_gain(rng.random()))
-        if family is None:
-            target, prompt = clip, IDENTITY_PROMPT
-        else:
-            target = FAMILIES[family].apply(clip)
+        target = clip if family is None else FAMILIES[family].apply(clip)
         return {"source": clip.permute(3, 0, 1, 2).contiguous(),  # [3, T, H, W]
                 "target": target.permute(3, 0, 1, 2).contiguous(), "prompt": prompt}
