@@ -32,6 +32,7 @@ class DataConfig:
     split: str = "train"  # synthetic: which split of photos and paraphrases
     identity_fraction: float = 0.1  # synthetic: share of identity pairs (empty prompt)
     underexposed_fraction: float = 0.0  # synthetic: share of clips dimmed before the edit
+    underexposed_families: tuple[str, ...] | None = None  # synthetic: edits whose clips may be dimmed (None: all)
     length: int | None = None  # synthetic: size of the index space (small = a fixed set)
 
 
@@ -197,8 +198,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        data = d.pop("data", {})
+        data = dict(d.pop("data", {}))
         _check_keys(DataConfig, data, "data")
+        if data.get("underexposed_families") is not None:
+            data["underexposed_families"] = tuple(data["underexposed_families"])
         _check_keys(cls, d, "train config")
         if "partitions" in d:
             d["partitions"] = tuple(d["partitions"])

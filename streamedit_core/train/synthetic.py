@@ -63,9 +63,17 @@ def _channels_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor
     return wrapped
 
 
+# In pixels at every frame size, like pixelate's 8-pixel blocks and sketch's 3x3 edges: the DiT
+# learns an edit on the latent grid, so a blur that scaled with the frame (width / 32 until
+# 2026-12-01) was a sigma of 1 where the DiT trains (32 px) and 2 where it is scored (64 px),
+# and the model made the weaker one (run 12's outputs on the test blurs: 34.3 dB against a
+# sigma-1 blur, 29.2 against the ground truth).
+BLUR_SIGMA = 2.0
+
+
 @_channels_first
 def blur(x: Tensor) -> Tensor:
-    sigma = max(1.0, x.shape[-1] / 32)
+    sigma = BLUR_SIGMA
     r = int(math.ceil(2.5 * sigma))
     g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
     g = (g / g.sum()).view(1, 1, -1)
@@ -396,17 +404,21 @@ class SyntheticEditDataset:
     Each item: {"source", "target": [3, T, H, W] float32 in [0, 1], "prompt": str}. A fraction
     `identity_fraction` of items are identity pairs with the empty prompt (null = no edit).
     A fraction `underexposed_fraction` of clips are dimmed (`underexpose`, gain in
-    UNDEREXPOSED_GAIN) before the edit, so that dark footage is in the training distribution.
+    UNDEREXPOSED_GAIN) before the edit, so that dark footage is in the training distribution:
+    only clips with no edit or an edit in `underexposed_families` (default: every family).
     `length` (default: every photo x family x paraphrase of the split, x 8 clips) bounds the
     index space: `length=4` gives a fixed set of 4 pairs, for overfitting tests.
     """
 
     def __init__(self, split: str = "train", *, frames: int = 8, size: int = 32, seed: int = 0,
                  identity_fraction: float = 0.1, length: int | None = None,
-                 families: tuple[str, ...] | None = None, underexposed_fraction: float = 0.0) -> None:
+                 families: tuple[str, ...] | None = None, underexposed_fraction: float = 0.0,
+                 underexposed_families: tuple[str, ...] | None = None) -> None:
         self.photos = split_photos(split)
         self.families = tuple(sorted(FAMILIES)) if families is None else tuple(families)
-        for f in self.families:
+        self.underexposed_families = (frozenset(FAMILIES) if underexposed_families is None
+                                      else frozenset(underexposed_families))
+        for f in (*self.families, *self.underexposed_families):
             if f not in FAMILIES:
                 raise ValueError(f"unknown edit family {f!r}; expected one of {sorted(FAMILIES)}")
         if not 0.0 <= identity_fraction <= 1.0:
@@ -438,7 +450,8 @@ class SyntheticEditDataset:
             family = rng.choice(self.families)
             prompt = rng.choice(self.prompts[family])
         # Drawn after everything else, so that a fraction of 0 leaves every item as it was.
-        if self.underexposed_fraction > 0 and rng.random() < self.underexposed_fraction:
+        dims = family is None or family in self.underexposed_families
+        if self.underexposed_fraction > 0 and rng.random() < self.underexposed_fraction and dims:
             clip = underexpose(clip, underexposure_gain(rng.random()))
         target = clip if family is None else FAMILIES[family].apply(clip)
         return {"source": clip.permute(3, 0, 1, 2).contiguous(),  # [3, T, H, W]
