@@ -132,6 +132,40 @@ def test_underexposed_clips_are_dimmed_before_the_edit():
         synthetic.underexpose(torch.ones(1, 2, 2, 3), 0.0)
 
 
+def test_underexposed_families_limit_which_edits_see_dark_clips():
+    from streamedit_core.train.config import TrainConfig
+    from streamedit_core.train.trainer import build_dataset
+    colour = ("warm", "cool")
+    cfg = TrainConfig.from_dict({"seed": 1, "data": {
+        "frames": 4, "size": 32, "length": 120, "underexposed_fraction": 0.6,
+        "underexposed_families": list(colour)}})  # JSON gives a list
+    assert cfg.data.underexposed_families == colour
+    plain = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, length=120)
+    by_prompt = {p: f.name for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
+    dim, dimmed = build_dataset(cfg), set()
+    for i in range(120):
+        a, b = plain[i], dim[i]
+        if not torch.equal(a["source"], b["source"]):
+            dimmed.add(by_prompt.get(b["prompt"], "no edit"))
+    assert dimmed == {"warm", "cool", "no edit"}  # clips with no edit stay in the dark share
+    with pytest.raises(ValueError, match="unknown edit family 'teal'"):
+        synthetic.SyntheticEditDataset("train", underexposed_fraction=0.3, underexposed_families=("teal",))
+
+
+def test_blur_is_the_same_in_pixels_at_every_frame_size():
+    """The DiT trains at 32 px and is scored at 64: an edit that scales with the frame would be
+    learnt at the wrong strength (it was, until 2026-12-01)."""
+    spreads = []
+    for size in (32, 64):
+        dot = torch.zeros(1, size, size, 3)
+        dot[0, size // 2, size // 2] = 1.0
+        row = synthetic.blur(dot)[0, size // 2, :, 0]  # [W] the blurred dot's profile
+        x = torch.arange(size, dtype=torch.float32) - size // 2
+        spreads.append(float((row * x ** 2).sum() / row.sum()) ** 0.5)
+    assert spreads[0] == pytest.approx(spreads[1], abs=1e-4)
+    assert spreads[0] == pytest.approx(synthetic.BLUR_SIGMA, rel=0.1)
+
+
 def test_filler_words_are_common_words_that_no_wording_uses():
     from streamedit_core.train.fillers import filler_variants, filler_words
 

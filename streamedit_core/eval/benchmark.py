@@ -40,7 +40,7 @@ CLASSIFIER_ROUNDS = 3  # camera paths per photo and family in the classifier's t
 # Decoder artefacts in the classifier's training data (`lossy_copy`): noise std up to LOSSY_NOISE,
 # a colour cast of LOSSY_CAST (offset std; gain std twice that), up to LOSSY_SOFT of a 2x
 # down-up resampling. Each is far below the edits the families make (a tint is a 15-20 % gain,
-# the blur a sigma of 2 px at 64 px), and together they are about what a 28 dB decoder adds.
+# the blur a sigma of 2 px), and together they are about what a 28 dB decoder adds.
 LOSSY_NOISE, LOSSY_CAST, LOSSY_SOFT = 0.02, 0.01, 0.5
 GOLDEN = (math.sqrt(5) - 1) / 2  # steps of the underexposed copies' gains (`underexposed_copies`)
 
