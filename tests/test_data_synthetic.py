@@ -4,6 +4,9 @@ import torch
 
 from streamedit_core.train import synthetic
 
+# The family of each train-split wording (wordings are unique across families).
+TRAIN_FAMILY = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
+
 
 def test_families_are_many_and_well_formed():
     assert len(synthetic.FAMILIES) >= 10
@@ -88,7 +91,6 @@ def test_photo_clip_moves_and_is_seeded():
 
 def test_dataset_items_are_pairs_of_their_prompt():
     ds = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, identity_fraction=0.3, length=40)
-    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
     seen_identity = False
     for i in range(40):
         item = ds[i]
@@ -98,8 +100,8 @@ def test_dataset_items_are_pairs_of_their_prompt():
             seen_identity = True
             torch.testing.assert_close(src, tgt)
         else:
-            assert item["prompt"] in synthetic.split_paraphrases(by_prompt[item["prompt"]].name, "train")
-            torch.testing.assert_close(by_prompt[item["prompt"]].apply(src), tgt)
+            assert item["prompt"] in synthetic.split_paraphrases(TRAIN_FAMILY[item["prompt"]].name, "train")
+            torch.testing.assert_close(TRAIN_FAMILY[item["prompt"]].apply(src), tgt)
     assert seen_identity
     torch.testing.assert_close(ds[7]["target"], ds[7 + 40]["target"])  # length bounds the index space
     assert "" in ds.all_prompts()
@@ -110,7 +112,6 @@ def test_underexposed_clips_are_dimmed_before_the_edit():
     plain = synthetic.SyntheticEditDataset("train", **kw)
     dim = synthetic.SyntheticEditDataset("train", underexposed_fraction=0.5, **kw)
     lo, hi = synthetic.UNDEREXPOSED_GAIN
-    by_prompt = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
     gains = []
     for i in range(40):
         a, b = plain[i], dim[i]
@@ -122,7 +123,7 @@ def test_underexposed_clips_are_dimmed_before_the_edit():
         torch.testing.assert_close(b["source"], a["source"] * gain)  # one gain for the whole clip
         gains.append(gain)
         src, tgt = (b[k].permute(1, 2, 3, 0) for k in ("source", "target"))
-        expected = src if b["prompt"] == "" else by_prompt[b["prompt"]].apply(src)
+        expected = src if b["prompt"] == "" else TRAIN_FAMILY[b["prompt"]].apply(src)
         torch.testing.assert_close(tgt, expected)  # the edit is made on the dimmed clip
     assert 10 <= len(gains) <= 30 and all(lo - 1e-4 <= g <= hi for g in gains)
     assert min(gains) < 0.3  # the range reaches far below the photos' exposure
@@ -141,12 +142,11 @@ def test_underexposed_families_limit_which_edits_see_dark_clips():
         "underexposed_families": list(colour)}})  # JSON gives a list
     assert cfg.data.underexposed_families == colour
     plain = synthetic.SyntheticEditDataset("train", frames=4, size=32, seed=1, length=120)
-    by_prompt = {p: f.name for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
     dim, dimmed = build_dataset(cfg), set()
     for i in range(120):
         a, b = plain[i], dim[i]
         if not torch.equal(a["source"], b["source"]):
-            dimmed.add(by_prompt.get(b["prompt"], "no edit"))
+            dimmed.add(TRAIN_FAMILY[b["prompt"]].name if b["prompt"] else "no edit")
     assert dimmed == {"warm", "cool", "no edit"}  # clips with no edit stay in the dark share
     with pytest.raises(ValueError, match="unknown edit family 'teal'"):
         synthetic.SyntheticEditDataset("train", underexposed_fraction=0.3, underexposed_families=("teal",))
