@@ -106,7 +106,9 @@ def test_text_auto_builtin_only_where_the_preset_fits():
     from streamedit_core.text import TextEnsemble
 
     enc, desc = bench.build_text(get_preset("tiny"), "auto")
-    assert isinstance(enc, TextEnsemble) and desc.startswith("builtin MiniLM")
+    assert isinstance(enc, TextEnsemble) and desc.startswith("builtin minilm")
+    enc, desc = bench.build_text(get_preset("demo"), "auto")
+    assert isinstance(enc, TextEnsemble) and desc.startswith("builtin mpnet")
     enc, desc = bench.build_text(get_preset("2b"), "auto")
     emb = enc.encode(["make it a watercolor painting"])
     members = get_preset("2b").dit.text_members
