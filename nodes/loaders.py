@@ -14,7 +14,7 @@ from .common import (CATEGORY, MODEL_FOLDER, LoadedModel, ModelType, PromptSched
 
 FROM_CHECKPOINT = "from checkpoint"
 RANDOM_WEIGHTS = "none (random weights)"
-BUILTIN = "built-in (MiniLM or MPNet, as the model needs)"
+BUILTIN_MINILM = "minilm (built-in)"
 
 
 def _checkpoints() -> list[str]:
@@ -101,7 +101,7 @@ def _ensembles() -> list[str]:
     names = []
     for root in folder_paths.get_folder_paths("text_encoders"):
         names += list_ensembles(root)
-    return [BUILTIN] + sorted(set(names))
+    return [BUILTIN_MINILM] + sorted(set(names))
 
 
 class TextEnsembleLoader(io.ComfyNode):
@@ -114,10 +114,8 @@ class TextEnsembleLoader(io.ComfyNode):
             description="Loads the text encoders a StreamEdit model was trained with.",
             inputs=[
                 ModelType.Input("model", tooltip="The ensemble must match this model's text members."),
-                io.Combo.Input("ensemble", options=_ensembles(), default=BUILTIN,
-                               tooltip="'built-in': the sentence encoder the model was trained with: "
-                                       "all-MiniLM-L6-v2 (384-d, from its PyPI package) or "
-                                       "all-mpnet-base-v2 (768-d, installed by make env); "
+                io.Combo.Input("ensemble", options=_ensembles(), default=BUILTIN_MINILM,
+                               tooltip="'minilm (built-in)': all-MiniLM-L6-v2 from its PyPI package; "
                                        "others: folders in models/text_encoders/ with an ensemble.json."),
             ],
             outputs=[TextEncoderType.Output(display_name="text_encoder")],
@@ -126,7 +124,7 @@ class TextEnsembleLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, ensemble: str) -> io.NodeOutput:
         config = model.model.config
-        if ensemble == BUILTIN:
+        if ensemble == BUILTIN_MINILM:
             try:
                 return io.NodeOutput(TextEnsemble.builtin_for(config))
             except ValueError as e:

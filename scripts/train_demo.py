@@ -304,7 +304,9 @@ def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> 
     from streamedit_core.text import TextEnsemble
 
     model = load_checkpoint(checkpoint, dtype=torch.float32)  # fp16 export: compute in fp32 on CPU
-    text = TextEnsemble.builtin_for(model.config)
+    member = model.config.dit.text_members[0]
+    text = TextEnsemble.minilm(max_tokens=member.max_tokens)
+    text.check_compatible(model.config)
     pairs = build_pairs("test", limit=limit)
     classifier, val_acc = train_classifier()
     t0 = time.perf_counter()

@@ -341,15 +341,14 @@ def compile_dit(model, *, cuda_graphs: bool) -> None:
 
 
 def build_text(config: ModelConfig, text: str):
-    """(encoder, description). "auto": the built-in MiniLM or MPNet where the preset's members fit one,
+    """(encoder, description). "auto": the built-in MiniLM where the preset's members fit it,
     else fixed random token states of the members' shapes (`RandomText`)."""
     from .text import TextEnsemble
     from .train.textbank import RandomText
 
     if text in ("auto", "builtin"):
         try:
-            encoder = TextEnsemble.builtin_for(config)
-            return encoder, f"builtin {encoder.name} (encoded once, cached)"
+            return TextEnsemble.builtin_for(config), "builtin MiniLM (encoded once, cached)"
         except ValueError:
             if text == "builtin":
                 raise
@@ -528,7 +527,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true",
                    help="stream: time STLE encode / DiT / decode separately (event stamps per call)")
     p.add_argument("--text", default="auto", choices=("auto", "builtin", "random"),
-                   help="stream: prompt encoder; auto = built-in MiniLM/MPNet where the preset fits one")
+                   help="stream: prompt encoder; auto = built-in MiniLM where the preset fits it")
     p.add_argument("--history", type=int, default=None,
                    help="stream: clean history latent frames, pinned (default: the preset's window_max, "
                         "2 for 2b: a window of 2 + steps frames)")

@@ -44,7 +44,7 @@ def _edit_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's; 1 = CFG-free)")
     p.add_argument("--text-ensemble", default=None,
-                   help="folder with an ensemble.json (default: the built-in MiniLM or MPNet, as the model needs)")
+                   help="folder with an ensemble.json (default: the built-in MiniLM ensemble)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames read per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,7 +71,7 @@ def load_model(args: argparse.Namespace, device: str):
 
 
 def load_text_encoder(args: argparse.Namespace, model):
-    """The --text-ensemble folder's ensemble, or the built-in MiniLM/MPNet; checked against `model`."""
+    """The --text-ensemble folder's ensemble, or the built-in MiniLM; checked against `model`."""
     from .text import TextEnsemble
     if not args.text_ensemble:
         try:

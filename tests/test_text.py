@@ -391,34 +391,20 @@ def test_manifest_mixing_builtin_minilm_and_a_folder(tiny_root, tmp_path):
 def test_check_compatible_names_member_kind_and_dims(tiny, minilm):
     minilm.check_compatible(PRESETS["tiny"])
     with pytest.raises(ValueError, match=r"text member 0: .*kind=sentence dim=384 max_tokens=16, "
-                                         r"the model expects kind=sentence dim=768 max_tokens=32"):
+                                         r"the model expects kind=sentence dim=384 max_tokens=32"):
         minilm.check_compatible(PRESETS["demo"])
     with pytest.raises(ValueError, match=r"has 3 members \[t5/32/12, byt5/24/24, clip/16/10\] but the "
                                          r"model expects 1 \[sentence/384/16\]"):
         tiny.check_compatible(PRESETS["tiny"].dit)
 
 
-def test_builtin_for_picks_the_encoder_by_width_and_names_other_members():
-    # tiny: MiniLM (384-d, 16 tokens); demo: MPNet (768-d, 32 tokens); a run-12 style demo: MiniLM
-    run12 = dataclasses.replace(PRESETS["demo"], dit=dataclasses.replace(
-        PRESETS["demo"].dit, text_members=(TextMemberConfig("sentence", 384, 32),)))
-    for config, name in ((PRESETS["tiny"], "minilm"), (PRESETS["demo"], "mpnet"), (run12, "minilm")):
-        ens = TextEnsemble.builtin_for(config, cache_size=0)
-        assert (ens.name, ens.member_configs) == (name, config.dit.text_members)
+def test_builtin_for_sizes_minilm_to_the_model_and_names_other_members():
+    for name in ("tiny", "demo"):  # max_tokens 16 and 32: the ensemble follows the model
+        ens = TextEnsemble.builtin_for(PRESETS[name], cache_size=0)
+        assert ens.member_configs == PRESETS[name].dit.text_members
     with pytest.raises(ValueError, match=r"model '2b' expects text members \[t5/4096/256, "
-                                         r"byt5/1472/128, clip/1024/77\].*not a built-in one "
-                                         r"\(one sentence/384 or sentence/768 member\)"):
+                                         r"byt5/1472/128, clip/1024/77\].*not the built-in MiniLM"):
         TextEnsemble.builtin_for(PRESETS["2b"])
-
-
-def test_missing_mpnet_names_the_folder_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("STREAMEDIT_MPNET", str(tmp_path / "nowhere"))
-    with pytest.raises(ValueError, match=r"'builtin:mpnet' needs all-mpnet-base-v2 in '.*nowhere', "
-                                         r"which lacks model.safetensors; run `make env`"):
-        TextEnsemble.builtin_for(PRESETS["demo"])
-    with pytest.raises(ValueError, match=r"'builtin:mpnet' is a sentence encoder; its kind must be "
-                                         r"'sentence', got 't5'"):
-        MemberSpec("t5", "builtin:mpnet", 8)
 
 
 def test_list_ensembles(tiny_root, tmp_path):

@@ -88,7 +88,7 @@ def _fixed_loss(trainer):
 
 
 def test_dit_training_reduces_the_loss_with_the_real_text_encoder(tmp_path, minilm16):
-    tr = Trainer(_cfg(tmp_path, text="builtin", temporal_weight=0.5), text_encoder=minilm16)
+    tr = Trainer(_cfg(tmp_path, text="minilm", temporal_weight=0.5), text_encoder=minilm16)
     before = _fixed_loss(tr)
     tr.run()
     after = _fixed_loss(tr)
@@ -175,8 +175,8 @@ def test_builtin_text_that_does_not_fit_the_model_names_its_members(tmp_path):
     from streamedit_core.config import PRESETS
     from streamedit_core.train.trainer import build_text
 
-    with pytest.raises(ValueError, match=r"text='builtin': model '2b' expects text members \[t5/4096/256"):
-        build_text(_cfg(tmp_path, text="builtin"), PRESETS["2b"])
+    with pytest.raises(ValueError, match=r"text='minilm': model '2b' expects text members \[t5/4096/256"):
+        build_text(_cfg(tmp_path, text="minilm"), PRESETS["2b"])
 
 
 def test_stage_configs_load_with_the_paper_rates():
@@ -223,7 +223,7 @@ def test_text_cache_file_replaces_the_encoder(tmp_path, minilm16):
     data = DataConfig(frames=8, size=32, length=2)
     ds = SyntheticEditDataset(frames=8, size=32, length=2)
     save_text_cache(minilm16, ds.all_prompts(), tmp_path / "all.safetensors")
-    tr = Trainer(_cfg(tmp_path, steps=1, data=data, text="builtin", text_cache=str(tmp_path / "all.safetensors")))
+    tr = Trainer(_cfg(tmp_path, steps=1, data=data, text="minilm", text_cache=str(tmp_path / "all.safetensors")))
     assert isinstance(tr.text.encoder, CachedText) and tr.train_step()["loss"] > 0
 
 

@@ -32,7 +32,7 @@ def tiny_configs(tmp_path_factory) -> Path:
     for stage in train_demo.STAGES:
         d = json.loads((ROOT / "configs" / "demo" / f"{stage}.json").read_text())
         d["data"].update(size=32, frames=8)
-        d.update(global_batch=2, steps=3, text="random" if stage != "stle" else d.get("text", "builtin"))
+        d.update(global_batch=2, steps=3, text="random" if stage != "stle" else d.get("text", "minilm"))
         if stage == "stle":
             d["preset"] = "tiny"
         if "edit_map_steps" in d:  # the tiny preset has no edit map (test_train covers the fit)

@@ -41,7 +41,7 @@ class TrainConfig:
     task: str = "dit"  # stle | dit | distill
     preset: str = "tiny"  # model preset when no init_checkpoint is given
     init_checkpoint: str | None = None  # start from these weights (later stages; distill: the teacher)
-    text: str = "builtin"  # builtin (MiniLM or MPNet, by the model's text member) | random (tests: wording does not matter) | an ensemble folder
+    text: str = "minilm"  # minilm (built-in) | random (tests: wording does not matter) | an ensemble folder
     text_cache: str | None = None  # prompt embeddings written by `train --encode-text` (no encoder loaded)
     data: DataConfig = field(default_factory=DataConfig)
     steps: int = 1000

@@ -98,11 +98,11 @@ def build_text(cfg: TrainConfig, model_config):
     if cfg.text == "random":
         return RandomText(members)
     from ..text import TextEnsemble
-    if cfg.text == "builtin":
+    if cfg.text == "minilm":
         try:
             return TextEnsemble.builtin_for(model_config)
         except ValueError as e:
-            raise ValueError(f"text='builtin': {e}") from e
+            raise ValueError(f"text='minilm': {e}") from e
     enc = TextEnsemble.from_folder(cfg.text)
     enc.check_compatible(model_config)
     return enc
