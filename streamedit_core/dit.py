@@ -61,7 +61,8 @@ class TimestepEmbedder(nn.Module):
 def attention_pool(score: nn.Module, states: Tensor, mask: Tensor) -> Tensor:
     """states [B, L, d], mask [B, L] bool -> [B, d]: the states weighted by softmax(score(state))
     over the real tokens; zeros for a row without any (the null prompt)."""
-    logits = score(states).squeeze(-1).masked_fill(~mask, torch.finfo(states.dtype).min)  # [B, L]
+    logits = score(states).squeeze(-1)  # [B, L]; bf16 under autocast even for fp32 states
+    logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
     weights = torch.softmax(logits, dim=-1) * mask  # an all-padding row: uniform * 0 = 0
     return (weights.unsqueeze(-1) * states).sum(1)
 
