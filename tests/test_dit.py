@@ -116,6 +116,8 @@ def test_attention_pooling_weights_the_real_tokens_by_their_scores():
         score[0].weight[0, 0] = 1.0
     torch.testing.assert_close(model.pool_text(TextEmbedding((picked,), text.masks)), mlp(picked[:, 2]))
     assert model.text_pool_score is not None and _model().text_pool_score is None  # "mean": none
+    with pytest.raises(ValueError, match="unknown text pooling 'max'"):
+        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, text_pooling="max"))
 
 
 def test_attention_pooling_runs_under_bf16_autocast():
@@ -126,8 +128,6 @@ def test_attention_pooling_runs_under_bf16_autocast():
         v = model(x, t, cond, text)
     assert torch.isfinite(v.float()).all()
     torch.testing.assert_close(v.float(), model(x, t, cond, text), atol=0.1, rtol=0.1)
-    with pytest.raises(ValueError, match="unknown text pooling 'max'"):
-        dataclasses.replace(PRESETS["tiny"], dit=dataclasses.replace(CFG, text_pooling="max"))
 
 
 def test_source_residual_prediction_starts_as_the_identity_edit():
