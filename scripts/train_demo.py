@@ -185,6 +185,7 @@ def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
                "seconds_per_step": round(seconds / steps, 3) if steps else None,
                "calibrated_seconds_per_step": round(per_step, 3),
                "budget_seconds": round(budget_s, 1), "threads": torch.get_num_threads(),
+               "precision": "bf16" if trainer.bf16 else "fp32",  # what `auto` chose here
                "last_metrics": _last_metrics(out / "metrics.jsonl"), "config": trainer.cfg.to_dict()}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage %s: %d steps in %.0f s -> %s", stage, steps, seconds, path)

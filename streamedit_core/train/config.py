@@ -15,7 +15,7 @@ from .partitions import check_partition
 
 TASKS = ("stle", "dit", "distill")
 DATA_KINDS = ("synthetic", "manifest", "latents")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 LR_DECAYS = ("none", "cosine")
 LOSS_WEIGHTINGS = ("flow", "x0")
 
@@ -109,7 +109,9 @@ class TrainConfig:
     teacher_cfg: float = 3.0
     # system
     parallel: str = "auto"  # auto (ddp under torchrun) | none | ddp | fsdp
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights and optimizer stay fp32)
+    # fp32 | bf16 (autocast; weights and optimizer stay fp32) | auto: bf16 where the device
+    # computes it in hardware (train/dist.py native_bf16), else fp32
+    precision: str = "fp32"
     grad_checkpointing: bool = False
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
     log_every: int = 10

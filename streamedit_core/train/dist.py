@@ -50,6 +50,18 @@ def setup(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware. Without it bf16 autocast is emulated
+    and slower than fp32, not faster: a demo DiT step took 10.2 s instead of 0.65 on a CPU
+    without AVX-512 (2026-12-02), 0.24 s instead of 0.30 on one with avx512_bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # torch.cpu's probes are private: absent means unknown, so no
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

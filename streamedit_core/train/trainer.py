@@ -129,6 +129,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, dataset=None, text_encoder=None) -> None:
         self.cfg = cfg
         self.info = D.setup(cfg.device)
+        self.bf16 = cfg.precision == "bf16" or cfg.precision == "auto" and D.native_bf16(self.info.device)
+        if cfg.precision != "fp32":
+            log.info("precision %s: %s on %s", cfg.precision, "bf16 autocast" if self.bf16 else "fp32",
+                     self.info.device)
+        if cfg.precision == "bf16" and not D.native_bf16(self.info.device):
+            log.warning("precision bf16: %s has no bf16 hardware, so autocast is emulated and much "
+                        "slower than fp32; use precision 'auto' or 'fp32'", self.info.device)
         self.micro, self.accum = cfg.micro_for(self.info.world)
         self.out_dir = Path(cfg.out_dir)
         if self.info.is_main:
@@ -273,7 +280,7 @@ class Trainer:
 
     def _autocast(self):
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16,
-                              enabled=self.cfg.precision == "bf16")
+                              enabled=self.bf16)
 
     def dit_loss(self, batch: dict, positions: list[int], step: int) -> tuple[Tensor, dict]:
         """SCM: flow matching on the in-flight frames + lambda * temporal consistency."""
