@@ -33,6 +33,7 @@ class DataConfig:
     identity_fraction: float = 0.1  # synthetic: share of identity pairs (empty prompt)
     underexposed_fraction: float = 0.0  # synthetic: share of clips dimmed before the edit
     underexposed_families: tuple[str, ...] | None = None  # synthetic: edits whose clips may be dimmed (None: all)
+    footage_fraction: float = 0.0  # synthetic, train split: share of clips from the train-only footage (train/footage.py)
     length: int | None = None  # synthetic: size of the index space (small = a fixed set)
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import footage
+
 SPLITS = ("train", "validation", "test")
 IDENTITY_PROMPT = ""  # the null prompt: target == source
 
@@ -406,6 +408,8 @@ class SyntheticEditDataset:
     A fraction `underexposed_fraction` of clips are dimmed (`underexpose`, gain in
     UNDEREXPOSED_GAIN) before the edit, so that dark footage is in the training distribution:
     only clips with no edit or an edit in `underexposed_families` (default: every family).
+    A fraction `footage_fraction` of clips (train split only) come from the train-only footage
+    of `train.footage` instead of the split's photos.
     `length` (default: every photo x family x paraphrase of the split, x 8 clips) bounds the
     index space: `length=4` gives a fixed set of 4 pairs, for overfitting tests.
     """
@@ -413,7 +417,8 @@ class SyntheticEditDataset:
     def __init__(self, split: str = "train", *, frames: int = 8, size: int = 32, seed: int = 0,
                  identity_fraction: float = 0.1, length: int | None = None,
                  families: tuple[str, ...] | None = None, underexposed_fraction: float = 0.0,
-                 underexposed_families: tuple[str, ...] | None = None) -> None:
+                 underexposed_families: tuple[str, ...] | None = None,
+                 footage_fraction: float = 0.0) -> None:
         self.photos = split_photos(split)
         self.families = tuple(sorted(FAMILIES)) if families is None else tuple(families)
         self.underexposed_families = (frozenset(FAMILIES) if underexposed_families is None
@@ -425,6 +430,14 @@ class SyntheticEditDataset:
             raise ValueError(f"identity_fraction must be in [0, 1], got {identity_fraction}")
         if not 0.0 <= underexposed_fraction <= 1.0:
             raise ValueError(f"underexposed_fraction must be in [0, 1], got {underexposed_fraction}")
+        if not 0.0 <= footage_fraction <= 1.0:
+            raise ValueError(f"footage_fraction must be in [0, 1], got {footage_fraction}")
+        if footage_fraction and split != "train":
+            raise ValueError(f"footage_fraction is for the train split only (the footage never "
+                             f"appears in the benchmark), got split {split!r}")
+        # Found now, so that a missing package fails here and not in the first batch.
+        self.footage = footage.footage_paths() if footage_fraction else ()
+        self.footage_fraction = footage_fraction
         self.split, self.frames, self.size, self.seed = split, frames, size, seed
         self.identity_fraction = identity_fraction
         self.underexposed_fraction = underexposed_fraction
@@ -443,16 +456,24 @@ class SyntheticEditDataset:
 
     def __getitem__(self, index: int) -> dict:
         rng = random.Random(f"synthetic:{self.split}:{self.seed}:{int(index) % self.length}")
-        photo = rng.choice(self.photos)
-        clip = photo_clip(photo, frames=self.frames, size=self.size, seed=rng.randrange(2**31))
+        photo, clip_seed = rng.choice(self.photos), rng.randrange(2**31)
         family, prompt = None, IDENTITY_PROMPT
         if rng.random() >= self.identity_fraction:
             family = rng.choice(self.families)
             prompt = rng.choice(self.prompts[family])
-        # Drawn after everything else, so that a fraction of 0 leaves every item as it was.
+        # Drawn after everything else, in this order, so that a fraction of 0 leaves every item
+        # as it was before the option existed.
         dims = family is None or family in self.underexposed_families
+        gain = None
         if self.underexposed_fraction > 0 and rng.random() < self.underexposed_fraction and dims:
-            clip = underexpose(clip, underexposure_gain(rng.random()))
+            gain = underexposure_gain(rng.random())
+        if self.footage_fraction > 0 and rng.random() < self.footage_fraction:
+            clip = footage.footage_clip(rng.choice(self.footage), frames=self.frames, size=self.size,
+                                        seed=rng.randrange(2**31))
+        else:
+            clip = photo_clip(photo, frames=self.frames, size=self.size, seed=clip_seed)
+        if gain is not None:
+            clip = underexpose(clip, gain)
         target = clip if family is None else FAMILIES[family].apply(clip)
         return {"source": clip.permute(3, 0, 1, 2).contiguous(),  # [3, T, H, W]
                 "target": target.permute(3, 0, 1, 2).contiguous(), "prompt": prompt}

@@ -114,7 +114,8 @@ def build_dataset(cfg: TrainConfig):
         return SyntheticEditDataset(d.split, frames=d.frames, size=d.size, seed=cfg.seed,
                                     identity_fraction=d.identity_fraction, length=d.length,
                                     underexposed_fraction=d.underexposed_fraction,
-                                    underexposed_families=d.underexposed_families)
+                                    underexposed_families=d.underexposed_families,
+                                    footage_fraction=d.footage_fraction)
     if d.kind == "manifest":
         return ManifestDataset(d.path, frames=d.frames, size=d.size, seed=cfg.seed)
     return LatentShardDataset(d.path, seed=cfg.seed)
