@@ -56,10 +56,7 @@ STAGES = ("stle", "dit", "distill")
 # run 13 on configs/demo/stle.json asks for no steps (the PCA code alone), so its share goes back
 # to the other stages (each stage's share is of the time still left).
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
-# Pairs encoded once by the stage-1 STLE for the DiT and distill stages (6,000 in 140 s at 32 px).
-# 12,000 from run 19, whose data takes half its clips from footage (configs/demo/dit.json): the
-# photo pairs stay as many as runs 8-18 had.
-LATENT_SAMPLES = 12000
+LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
 # (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)
 # Steady-state DiT steps ran slower than calibrated on the 2-core machine: 3 % in run 2 (0.487 s
