@@ -90,11 +90,11 @@ def footage_clip(path: Path, *, frames: int, size: int, seed: int) -> Tensor:
     side = round(rng.uniform(*ZOOM) * min(h, w))
     x0, x1 = rng.uniform(0, w - side), rng.uniform(0, w - side)
     y0, y1 = rng.uniform(0, h - side), rng.uniform(0, h - side)
-    out = []
+    crops = []
     for k, i in enumerate(index):
         s = k / max(1, frames - 1)
         x, y = round(x0 + (x1 - x0) * s), round(y0 + (y1 - y0) * s)
-        crop = video[i, y:y + side, x:x + side].permute(2, 0, 1).float() / 255.0  # [3, side, side]
-        mode = "area" if side >= size else "bilinear"
-        out.append(F.interpolate(crop[None], size=(size, size), mode=mode)[0].clamp(0, 1))
-    return torch.stack(out).permute(0, 2, 3, 1).contiguous()
+        crops.append(video[i, y:y + side, x:x + side])
+    clip = torch.stack(crops).permute(0, 3, 1, 2).float() / 255.0  # [frames, 3, side, side]
+    clip = F.interpolate(clip, size=(size, size), mode="area" if side >= size else "bilinear")
+    return clip.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
