@@ -2,7 +2,7 @@
 
 The packages `comfyui-workflow-templates-media-{video,image,other,api}` (MIT; installed with
 ComfyUI, pinned in constraints.txt) hold a preview of each template as a webp; 89 of them are
-animated: 27-99 frames of 300-1024 px video with real camera and subject motion (people,
+animated: 27-157 frames of 300-1024 px video with real camera and subject motion (people,
 animals, streets, landscapes, 3D turntables), 7,235 frames in all. The synthetic data has six
 photos under an affine camera path; these add the content and motion of video to the training
 clips. They are never part of the benchmark (its validation and test splits are the scikit-image
