@@ -1,6 +1,7 @@
 """Train the demo model end to end (`make train-demo`): STLE -> DiT (SCM loss, ASW partitions)
--> progressive distillation to a CFG-free 6-step student, then export one safetensors file and
-score it on the benchmark's test split.
+-> progressive distillation to a CFG-free 6-step student -> the pixel refiner fitted to that
+student's streamed output, then export one safetensors file and score it on the benchmark's
+test split.
 
     python scripts/train_demo.py                      # 110 minutes of training, then eval
     python scripts/train_demo.py --budget-minutes 30 --threads 1 --eval-limit 12
@@ -18,6 +19,11 @@ stage-1 STLE into OUT/latents/ (reused when it has `done.json`); the DiT and dis
 stages read those instead of running the STLE every step.
 `--stle-from RUN` starts at the DiT stage with the STLE of an earlier run (the STLE recipe has
 not changed, the DiT has): a fresh DiT of the current preset is put next to that STLE.
+The refine stage runs where `--refiner-width` is above 0 (default 0: the shipped model has no
+refiner, see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
+`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7
+minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 15
+minutes there).
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
@@ -42,11 +48,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from streamedit_core.config import RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
-STAGES = ("stle", "dit", "distill")
+STAGES = ("stle", "dit", "distill", "refine")
 # Of the training budget. The STLE starts at PCA (STLE.init_linear_path), so its stage is short.
 # Distillation is short too: in run 4 (25% of the time) the 6-step student scored 20.52 dB
 # against the undistilled DiT's 20.86 at 6 steps; the DiT's fit is what limits the demo. In run 8
@@ -56,6 +63,9 @@ STAGES = ("stle", "dit", "distill")
 # run 13 on configs/demo/stle.json asks for no steps (the PCA code alone), so its share goes back
 # to the other stages (each stage's share is of the time still left).
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
+# The refiner (streamedit_core/refiner.py): rounds of the benchmark's train split (78 pairs each,
+# train photos and wordings) streamed through the student, and the steps that fit it to them.
+REFINE_ROUNDS, REFINE_STEPS = 5, 3000
 LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
 # (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)
@@ -85,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-minutes", type=float, default=110.0,
                    help="training time over all stages (default 110: eval follows, 2 hours in all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--refiner-width", type=int, default=0,
+                   help="give the student a pixel refiner of this width and fit it (default 0: none)")
+    p.add_argument("--refiner-no-prompt", action="store_true",
+                   help="a refiner that does not read the prompt (RefinerConfig.prompt = False)")
+    p.add_argument("--refine-rounds", type=int, default=REFINE_ROUNDS,
+                   help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
+    p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
+                   help=f"refiner training steps (default {REFINE_STEPS})")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (default: all; later stages need earlier ones)")
     p.add_argument("--export", default=None, help=f"exported checkpoint (default: OUT/{EXPORT_NAME})")
@@ -254,6 +272,45 @@ def reuse_stle(run: Path, out: Path) -> None:
     log.info("stage stle: reused from %s (fresh %s DiT)", src, old.config.name)
 
 
+def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int) -> Path:
+    """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
+    streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
+    from streamedit_core.eval.benchmark import build_pairs
+    from streamedit_core.text import TextEnsemble
+    from streamedit_core.train.refine import refiner_data, train_refiner, with_refiner
+
+    summary_path, path = out / "stage.json", out / "model.safetensors"
+    if summary_path.is_file():
+        log.info("stage refine already done (%s): skipped", summary_path)
+        return path
+    if not cfg.width:
+        log.info("stage refine: no refiner asked (--refiner-width 0): the distilled student is the model")
+        return student
+    if rounds < 1 or steps < 1:
+        raise SystemExit(f"need --refine-rounds >= 1 and --refine-steps >= 1, got {rounds}, {steps}")
+    model = load_checkpoint(student, dtype=torch.float32)
+    if model.refiner is not None and model.config.refiner != cfg:
+        raise SystemExit(f"stage refine: {student} has a refiner {model.config.refiner}, not the {cfg} asked")
+    model = with_refiner(model, cfg)
+    member = model.config.dit.text_members[0]
+    text = TextEnsemble.minilm(max_tokens=member.max_tokens)
+    t0 = time.perf_counter()
+    pairs = build_pairs("train", rounds=rounds)
+    data = refiner_data(model, text, pairs)
+    data_s = time.perf_counter() - t0
+    log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
+    losses = train_refiner(model, data, steps)
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, path)
+    summary = {"stage": "refine", "steps": steps, "train_seconds": round(seconds, 1),
+               "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
+               "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "init": str(student)}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
+    return path
+
+
 # --- export -----------------------------------------------------------------------------------
 def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
     """The final model in fp16 (half the bytes of fp32; load_checkpoint casts back with dtype=)."""
@@ -362,6 +419,8 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.refiner_width < 0:
+        raise SystemExit(f"need --refiner-width >= 0, got {args.refiner_width}")
     if args.threads < 0 or args.budget_minutes <= 0:
         raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
     if args.threads:
@@ -394,15 +453,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if prev is not None and not prev.is_file():
             raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
+        if stage == "refine":
+            cfg = RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt)
+            init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps)
+            continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE
             cfg = cfg.replace(data=encode_latents(cfg, out / "stle" / "model.safetensors",
                                                   out / "latents", args.latent_samples))
-        share = SHARES[stage] / sum(SHARES[s] for s in stages[stages.index(stage):])
+        share = SHARES[stage] / sum(SHARES[s] for s in stages[stages.index(stage):] if s in SHARES)
         left = max(0.0, deadline - time.perf_counter())
         init = run_stage(stage, cfg, max(left * share, budget * SHARES[stage]))
 
-    if stages[-1] != "distill":  # only the distilled 6-step student is the demo model
+    if stages[-1] not in ("distill", "refine"):  # only the distilled 6-step student is the demo model
         log.info("stopped after stage %s: no export (evaluate it with --eval-checkpoint %s)", stages[-1], init)
         return 0
     # Every stage behind the model, also those finished by an earlier command of this run.

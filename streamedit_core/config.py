@@ -105,11 +105,31 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class RefinerConfig:
+    """The pixel refiner (refiner.py): a small text-conditioned CNN on the edited frames and
+    the source frames, applied to each latent frame the sampler releases. width 0 = none.
+
+    It is there for the edits that are a nonlinear function of a few neighbouring pixels
+    (a pencil sketch is Sobel edges on white; a red tint is a per-pixel colour map): in the
+    latent grid those span 8x8-pixel tokens and the demo DiT does not learn them (sketch at
+    8 dB, docs/demo-model.md), while 3x3 convolutions on the pixels compute them directly.
+    """
+    width: int = 0  # channels of its convolutions
+    film_hidden: int = 128  # hidden size of the MLP from the pooled prompt to the modulations
+    # Whether it reads the prompt (the DiT's pooled vector, through FiLM). Without, it infers
+    # the edit from the DiT's output and the source: it cannot then make a misread prompt's
+    # edit more strongly than the DiT did (with it, "apply a mosaic effect", which MiniLM puts
+    # near line art, became a sketch: docs/demo-model.md, The pixel refiner).
+    prompt: bool = True
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     stle: STLEConfig = field(default_factory=STLEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def __post_init__(self) -> None:
         if self.stle.latent_channels != self.dit.latent_channels:
@@ -132,6 +152,9 @@ class ModelConfig:
         for m in self.dit.text_members:
             if m.kind not in TEXT_KINDS:
                 raise ValueError(f"unknown text member kind {m.kind!r}; expected one of {TEXT_KINDS}")
+        if self.refiner.width < 0 or self.refiner.film_hidden < 1:
+            raise ValueError(f"refiner width={self.refiner.width} must be >= 0 (0 = none) and "
+                             f"film_hidden={self.refiner.film_hidden} >= 1")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")
@@ -190,6 +213,7 @@ _NESTED = {
     (ModelConfig, "stle"): STLEConfig,
     (ModelConfig, "dit"): DiTConfig,
     (ModelConfig, "sampler"): SamplerConfig,
+    (ModelConfig, "refiner"): RefinerConfig,
     (DiTConfig, "text_members"): TextMemberConfig,
 }
 

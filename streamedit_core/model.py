@@ -4,14 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torch import Tensor
+
 from .config import ModelConfig, get_preset
 from .dit import StreamEditDiT
+from .refiner import PixelRefiner
 from .stle import STLE
+from .types import TextEmbedding
 
 
 class StreamEditModel(nn.Module):
-    """`stle` (video <-> latents) and `dit` (the denoiser); the text encoders live apart
-    (they are large, shared between models, and loaded from their own folders)."""
+    """`stle` (video <-> latents), `dit` (the denoiser) and, where the config has one,
+    `refiner` (see `refine`); the text encoders live apart (they are large, shared between
+    models, and loaded from their own folders)."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, operations=None) -> None:
@@ -19,6 +24,9 @@ class StreamEditModel(nn.Module):
         self.config = config
         self.stle = STLE(config.stle, device=device, dtype=dtype, operations=operations)
         self.dit = StreamEditDiT(config.dit, device=device, dtype=dtype, operations=operations)
+        self.refiner = (PixelRefiner(config.refiner, config.dit.hidden_size, ops=operations,
+                                     device=device, dtype=dtype)
+                        if config.refiner.width else None)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, device: torch.device | str | None = None,
@@ -29,6 +37,31 @@ class StreamEditModel(nn.Module):
             torch.manual_seed(seed)
             model = cls(config, device=device, dtype=dtype)
         return model.eval()
+
+    def refine(self, edited: Tensor, source: Tensor, text: TextEmbedding) -> Tensor:
+        """Edited latents [B, C, T, h, w] corrected by the pixel refiner from the source
+        latents [B, C, T, h, w] under the prompt (batch B or 1); unchanged without a refiner.
+
+        Both are viewed as frames through the STLE's linear path; the refiner's change of
+        the frames is coded back and added, so an untrained refiner changes nothing.
+        """
+        if self.refiner is None:
+            return edited
+        dtype = next(self.refiner.parameters()).dtype
+        pooled = (self.dit.pool_text(text.to(edited.device, dtype))  # [B or 1, D]
+                  if self.config.refiner.prompt else None)
+        out_px = self.stle.linear_decode(edited)  # [B, 3, F, H, W]
+        src_px = self.stle.linear_decode(source)
+        b, _, f, h, w = out_px.shape
+
+        def frames(x: Tensor) -> Tensor:  # [B, 3, F, H, W] -> [B*F, 3, H, W]
+            return x.transpose(1, 2).reshape(b * f, 3, h, w).to(dtype)
+
+        if pooled is not None:
+            pooled = pooled.expand(b, -1).repeat_interleave(f, 0)  # [B*F, D]
+        out = frames(out_px)
+        delta = (self.refiner(out, frames(src_px), pooled) - out).reshape(b, f, 3, h, w).transpose(1, 2)
+        return edited + self.stle.linear_encode_delta(delta).to(edited.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -45,4 +78,5 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
         model = StreamEditModel(config)
     stle = sum(p.numel() for p in model.stle.parameters())
     dit = sum(p.numel() for p in model.dit.parameters())
-    return {"stle": stle, "dit": dit, "total": stle + dit}
+    refiner = sum(p.numel() for p in model.refiner.parameters()) if model.refiner is not None else 0
+    return {"stle": stle, "dit": dit, "refiner": refiner, "total": stle + dit + refiner}

@@ -143,6 +143,7 @@ class StreamSampler:
         if cfg.window_max + cfg.steps > max_frames:
             raise ValueError(f"window_max={cfg.window_max} + steps={cfg.steps} latent frames exceed "
                              f"the DiT's max_frames={max_frames}; lower window_max or steps")
+        self.model = model
         self.dit = model.dit
         self.dit_cfg = model.config.dit
         self.cfg = cfg
@@ -240,9 +241,10 @@ class StreamSampler:
         v = v[0, :, hl:].permute(1, 0, 2, 3)  # [n, C, h, w]
         state.inflight[:n].add_((t_next - t_now).view(n, 1, 1, 1) * v)
         state.oldest_level += 1
-        # 4. The frame at t = 0 leaves and becomes history.
+        # 4. The frame at t = 0 leaves and becomes history. The history keeps the DiT's own
+        # output (what it was trained to read); the refiner corrects only what is released.
         if state.oldest_level < steps:
             return None
         latent, src = state.pop_oldest()
         state.push_history(latent, src)
-        return latent
+        return self.model.refine(latent[None, :, None], src[None, :, None], text)[0, :, 0].float()

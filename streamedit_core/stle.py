@@ -401,6 +401,28 @@ class STLE(nn.Module):
         x = (x + 1.0) * 0.5
         return x.clamp(0.0, 1.0) if clamp else x
 
+    # 3. the linear path alone (the pixel refiner's view) -----------------------------------
+    def linear_decode(self, latents: Tensor) -> Tensor:
+        """latents `[B, C, t, h, w]` -> frames `[B, 3, 4t, 8h, 8w]` in `[0, 1]` through the
+        linear path alone: what `decode` returns while its convolutions are zero (a PCA STLE,
+        `init_linear_path`), with no causal state, so any single latent frame can be viewed."""
+        dt = self._compute_dtype()
+        mean = self.latent_mean.to(latents.device, dt).view(1, -1, 1, 1, 1)
+        std = self.latent_std.to(latents.device, dt).view(1, -1, 1, 1, 1)
+        dec = self.decoder
+        x = depth_to_space(dec.patch_out(latents.to(dt) * std + mean), *dec.unblock)
+        return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    def linear_encode_delta(self, delta: Tensor) -> Tensor:
+        """A change of frames `[B, 3, 4t, 8h, 8w]` (in `[0, 1]` units) -> the change of the
+        normalised latents `[B, C, t, h, w]` that the linear path codes for it (its projection
+        onto the code: `linear_decode` of the sum moves by that part of `delta`)."""
+        dt = self._compute_dtype()
+        enc = self.encoder
+        blocks = space_to_depth(delta.to(dt) * 2.0, *enc.strides)  # [0, 1] units -> [-1, 1]
+        z = F.conv3d(blocks, enc.patch_in.weight.to(blocks.device, dt))  # no bias: a change
+        return z / self.latent_std.to(blocks.device, dt).view(1, -1, 1, 1, 1)
+
     @torch.no_grad()
     def init_linear_path(self, frames: Tensor) -> None:
         """Start training from PCA: the linear path gets the top principal components of the

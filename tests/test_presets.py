@@ -9,7 +9,7 @@ import pytest
 from streamedit_core.config import PRESETS, ModelConfig, get_preset
 from streamedit_core.model import count_parameters
 
-# (lowest, highest) total parameters, STLE + DiT.
+# (lowest, highest) total parameters, STLE + DiT + refiner.
 BUDGETS = {
     "tiny": (0, 2_000_000),
     "demo": (10_000_000, 20_000_000),  # ships in the repo: at most 40 MB in fp16 (issue 7)

@@ -1,5 +1,6 @@
 """scripts/train_demo.py on the tiny preset: the stages chain, the export is the distilled
-model in fp16 as a 6-step CFG-free sampler, a rerun skips finished stages, bad input is named."""
+model with its fitted refiner in fp16 as a 6-step CFG-free sampler, a rerun skips finished
+stages, bad input is named."""
 from __future__ import annotations
 
 import importlib.util
@@ -29,7 +30,7 @@ train_demo = _load_script()
 def tiny_configs(tmp_path_factory) -> Path:
     """configs/demo with the tiny preset, 32 px, 8 frames, batch 2 and 3 steps at most."""
     folder = tmp_path_factory.mktemp("configs")
-    for stage in train_demo.STAGES:
+    for stage in train_demo.SHARES:  # the stages with a config (refine has CLI options)
         d = json.loads((ROOT / "configs" / "demo" / f"{stage}.json").read_text())
         d["data"].update(size=32, frames=8)
         d.update(global_batch=2, steps=3, text="random" if stage != "stle" else d.get("text", "minilm"))
@@ -51,9 +52,12 @@ def test_flicker() -> None:
 def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5",
-            "--latent-samples", "8", "--no-eval"]
+            "--latent-samples", "8", "--refiner-width", "4", "--refine-rounds", "1", "--refine-steps", "3",
+            "--no-eval"]
     assert train_demo.main(argv) == 0
-    for stage in train_demo.STAGES:
+    refine = json.loads((out / "refine" / "stage.json").read_text())
+    assert (refine["steps"], refine["pairs"]) == (3, 78)  # one round of the train split
+    for stage in train_demo.SHARES:
         summary = json.loads((out / stage / "stage.json").read_text())
         assert summary["steps"] == 3  # the config's cap, under a budget that allows more
         assert len((out / stage / "metrics.jsonl").read_text().splitlines()) == 1
@@ -70,8 +74,13 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
 
     export = out / train_demo.EXPORT_NAME
     exported = load_checkpoint(export)
-    distilled = load_checkpoint(out / "distill" / "model.safetensors")
-    assert exported.config == distilled.config
+    distilled = load_checkpoint(out / "refine" / "model.safetensors")
+    assert exported.config == distilled.config and exported.config.refiner.width == 4
+    # The refine stage added a fitted refiner (its output layer starts at zero) and changed nothing else.
+    student = load_checkpoint(out / "distill" / "model.safetensors")
+    assert student.refiner is None
+    assert all(torch.equal(t, distilled.state_dict()[k]) for k, t in student.state_dict().items())
+    assert distilled.refiner.out.weight.abs().max() > 0
     assert (exported.config.sampler.steps, exported.config.sampler.cfg_scale) == (6, 1.0)
     for name, t in distilled.state_dict().items():
         e = exported.state_dict()[name]
@@ -88,12 +97,12 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert "Ceiling (the ground truth encoded and decoded by this STLE)" in (out / "eval" / "eval.md").read_text()
 
     # A rerun finds every stage done: nothing is trained again.
-    before = {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
+    before = {s: (out / s / "stage.json").read_text() for s in train_demo.STAGES}
     assert train_demo.main(argv) == 0
-    assert before == {s: (out / s / "metrics.jsonl").read_text() for s in train_demo.STAGES}
+    assert before == {s: (out / s / "stage.json").read_text() for s in train_demo.STAGES}
     # An export from a command that ran the last stage alone still lists every stage behind it.
     export.unlink()
-    assert train_demo.main(argv + ["--stages", "distill"]) == 0
+    assert train_demo.main(argv + ["--stages", "refine"]) == 0
     assert [s["stage"] for s in json.loads(read_checkpoint_metadata(export)["stages"])] == list(train_demo.STAGES)
 
     # An interrupted stage (no stage.json yet) resumes from its state with its planned steps.
@@ -106,6 +115,18 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert (summary["steps"], summary["resumed"]) == (5, True)
     steps_logged = [json.loads(line)["step"] for line in (stle_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == [3, 5]
+
+
+def test_no_refiner_exports_the_student(tiny_configs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5",
+            "--latent-samples", "8", "--no-eval"]
+    assert train_demo.main(argv) == 0
+    assert not (out / "refine").exists()
+    exported = load_checkpoint(out / train_demo.EXPORT_NAME)
+    assert exported.refiner is None
+    stages = json.loads(read_checkpoint_metadata(out / train_demo.EXPORT_NAME)["stages"])
+    assert [s["stage"] for s in stages] == ["stle", "dit", "distill"]
 
 
 def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkeypatch) -> None:

@@ -46,6 +46,7 @@ def edit_offline(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int =
     gen = torch.Generator(device="cpu").manual_seed(seed)
     sampler = model.config.sampler
     edited = sample_offline(model, latents, text, steps, shift=sampler.shift, generator=gen)
+    edited = model.refine(edited, latents.float(), text)
     out = model.stle.decode(edited.to(model.dtype))  # [1, 3, T', H, W]
     return out[0].permute(1, 2, 3, 0)[:t].float().cpu()
 

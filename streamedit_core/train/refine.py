@@ -1,0 +1,104 @@
+"""Training the pixel refiner (`refiner.py`) of a finished, distilled model.
+
+The refiner corrects what the sampler releases, so it learns from that: the model edits
+benchmark-style pairs of the train split (train photos, train wordings; never validation or
+test) exactly as it streams at inference (6 steps, history window), and the refiner is fitted
+to map (its output, the source) to the ground-truth edit under the prompt, in pixels. The
+DiT, the STLE and the prompt pooling stay frozen: a refiner that reads the prompt
+(`RefinerConfig.prompt`) reads the DiT's pooled vector.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import RefinerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefinerData:
+    """Pairs as frames [P, T, 3, H, W] in [0, 1] and the DiT's pooled prompts [P, D]."""
+    output: Tensor  # the model's streamed output (without a refiner)
+    source: Tensor
+    target: Tensor
+    pooled: Tensor
+
+
+@torch.no_grad()
+def refiner_data(model, text_encoder, pairs) -> RefinerData:
+    """Stream every pair through `model` (refiner off) and keep what the refiner learns from."""
+    from ..eval.runner import edit_stream  # the inference path itself, not a copy of it
+    refiner, model.refiner = model.refiner, None
+    try:
+        outputs = [edit_stream(model, text_encoder, p) for p in pairs]
+    finally:
+        model.refiner = refiner
+    dtype = next(model.dit.parameters()).dtype
+    pooled = torch.cat([model.dit.pool_text(text_encoder.encode([p.prompt]).to(model.device, dtype)).float()
+                        for p in pairs])
+
+    def frames(clips: list[Tensor]) -> Tensor:  # [T, H, W, 3] each -> [P, T, 3, H, W]
+        return torch.stack([c.float().cpu() for c in clips]).permute(0, 1, 4, 2, 3).contiguous()
+
+    return RefinerData(frames(outputs), frames([p.source for p in pairs]),
+                       frames([p.target for p in pairs]), pooled.cpu())
+
+
+def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int = 8,
+                  frames_per_pair: int = 4, lr: float = 2e-3, seed: int = 0,
+                  log_every: int = 250) -> list[float]:
+    """Fit `model.refiner` (a fresh one of `model.config.refiner` if it has none yet, e.g. a
+    model trained before refiners) to `data` with AdamW and a cosine rate; returns the loss
+    (pixel MSE) at every step. The rest of the model is not touched."""
+    if steps < 1:
+        raise ValueError(f"refiner steps must be >= 1, got {steps}")
+    if model.refiner is None:
+        raise ValueError(f"model {model.config.name!r} has no refiner (refiner width 0); give it one "
+                         "with with_refiner() first")
+    net = model.refiner.float().train()
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    n_pairs, n_frames = data.source.shape[:2]
+    losses, start = [], time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        pi = torch.randint(n_pairs, (pairs_per_step, 1), generator=gen)
+        fi = torch.randint(n_frames, (pairs_per_step, frames_per_pair), generator=gen)
+        out, src, tgt = (x[pi, fi].flatten(0, 1) for x in (data.output, data.source, data.target))
+        pooled = (data.pooled[pi[:, 0]].repeat_interleave(frames_per_pair, 0)
+                  if model.config.refiner.prompt else None)
+        loss = F.mse_loss(net(out, src, pooled), tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            recent = losses[-log_every:]
+            log.info("refiner step %d/%d: loss %.5f (mean of the last %d), %.0f s", step + 1, steps,
+                     sum(recent) / len(recent), len(recent), time.perf_counter() - start)
+    net.eval()
+    return losses
+
+
+def with_refiner(model, cfg: RefinerConfig):
+    """`model` with a fresh (identity) refiner of `cfg` if it has none: a model trained before
+    refiners keeps every weight and gains one."""
+    from ..model import StreamEditModel
+    if model.refiner is not None:
+        return model
+    if not cfg.width:
+        raise ValueError("with_refiner needs a refiner config of width > 0")
+    new = StreamEditModel(model.config.replace(refiner=cfg), device=model.device, dtype=model.dtype)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("refiner.") for k in missing):
+        raise ValueError(f"with_refiner: state mismatch (missing {missing}, unexpected {unexpected})")
+    return new.eval()

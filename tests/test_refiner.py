@@ -1,0 +1,133 @@
+"""The pixel refiner: identity until trained, one correction per released latent frame (the
+history keeps the DiT's own output), its STLE views, its training, and old checkpoints."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from model_helpers import make_live_tiny_model
+from streamedit_core.checkpoint import load_checkpoint, save_checkpoint
+from streamedit_core.config import ModelConfig, RefinerConfig
+from streamedit_core.pipeline import StreamEditor
+from streamedit_core.train.refine import RefinerData, train_refiner, with_refiner
+
+SMALL = RefinerConfig(width=8, film_hidden=16)
+
+
+@pytest.fixture
+def refined_model():
+    """The live tiny model with a small refiner whose output layer is randomised (not identity)."""
+    model = with_refiner(make_live_tiny_model(), SMALL)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in (*model.refiner.out.parameters(), *model.refiner.film[-1].parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def _edit(model, text, clip, prompt="make it red"):
+    editor = StreamEditor(model, text, prompt)
+    return torch.cat([editor.feed(clip), editor.flush()])
+
+
+def _clip(frames=8, size=16, seed=0):
+    return torch.rand(frames, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_presets_and_config_round_trip():
+    from streamedit_core.config import get_preset
+    # No preset has one: the shipped demo model has none (docs/demo-model.md, The pixel refiner).
+    assert all(get_preset(name).refiner.width == 0 for name in ("tiny", "demo", "2b", "10b"))
+    config = get_preset("tiny").replace(refiner=SMALL)
+    assert ModelConfig.from_json(config.to_json()) == config
+    # A config written before refiners existed (no "refiner" key) still loads, with none.
+    old = json.loads(get_preset("tiny").to_json())
+    del old["refiner"]
+    assert ModelConfig.from_dict(old).refiner.width == 0
+    with pytest.raises(ValueError, match="refiner width"):
+        get_preset("tiny").replace(refiner=RefinerConfig(width=-1))
+
+
+def test_untrained_refiner_changes_nothing(fake_text):
+    base = make_live_tiny_model()
+    model = with_refiner(base, SMALL)
+    clip = _clip()
+    assert torch.equal(_edit(model, fake_text, clip), _edit(base, fake_text, clip))
+
+
+def test_stle_linear_views_match_decode_of_a_pca_stle(tiny_model):
+    stle = tiny_model.stle
+    stle.init_linear_path(_clip(frames=8, size=32).permute(3, 0, 1, 2)[None])
+    z = torch.randn(1, stle.cfg.latent_channels, 2, 2, 2)
+    assert torch.allclose(stle.linear_decode(z), stle.decode(z), atol=1e-5)
+    # A change coded by linear_encode_delta moves linear_decode by its projection: coding the
+    # change that a latent change makes gives that latent change back (orthonormal PCA basis).
+    dz = torch.randn_like(z) * 0.01
+    delta = stle.linear_decode(z + dz) - stle.linear_decode(z)
+    assert torch.allclose(stle.linear_encode_delta(delta), dz, atol=1e-4)
+
+
+def test_refiner_corrects_only_what_is_released(refined_model, fake_text):
+    """The stream's output changes, the DiT's history does not: a refined model's history
+    window is exactly the unrefined model's."""
+    clip = _clip(frames=16)
+    plain = with_refiner(make_live_tiny_model(), SMALL)  # the same weights, identity refiner
+    out_r, out_p = _edit(refined_model, fake_text, clip), _edit(plain, fake_text, clip)
+    assert out_r.shape == out_p.shape == clip.shape
+    assert (out_r - out_p).abs().max() > 1e-3
+    states = []
+    for model in (refined_model, plain):
+        editor = StreamEditor(model, fake_text, "make it red")
+        editor.feed(clip)
+        states.append(editor.stream_state.history[:editor.stream_state.history_len].clone())
+    assert torch.equal(*states)
+
+
+def test_refiner_survives_a_checkpoint(refined_model, fake_text, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(refined_model, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config.refiner == SMALL
+    clip = _clip()
+    assert torch.equal(_edit(loaded, fake_text, clip), _edit(refined_model, fake_text, clip))
+
+
+def test_train_refiner_learns_a_pixel_edit(tiny_model):
+    """A sketch-like edit (edges of the source) from a useless input (the source itself): the
+    fitted refiner's error falls well below where it started. The DiT is untouched."""
+    model = with_refiner(tiny_model, RefinerConfig(width=16, film_hidden=16))
+    dit_before = {k: v.clone() for k, v in model.dit.state_dict().items()}
+    src = torch.rand(6, 4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    gray = src.mean(2, keepdim=True)
+    edges = (gray - torch.nn.functional.avg_pool3d(gray, (1, 3, 3), 1, (0, 1, 1))).abs()
+    target = (1 - 4 * edges).clamp(0, 1).expand_as(src).contiguous()
+    data = RefinerData(src, src, target, torch.randn(6, model.config.dit.hidden_size))
+    losses = train_refiner(model, data, 300, pairs_per_step=4, frames_per_pair=2, lr=3e-3, log_every=0)
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:5]) / 5
+    assert all(torch.equal(v, model.dit.state_dict()[k]) for k, v in dit_before.items())
+
+
+def test_errors(tiny_model):
+    with pytest.raises(ValueError, match="has no refiner"):
+        train_refiner(tiny_model, None, 10)
+    with pytest.raises(ValueError, match="width > 0"):
+        with_refiner(tiny_model, RefinerConfig())
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_refiner(with_refiner(tiny_model, SMALL), None, 0)
+
+
+def test_a_refiner_without_the_prompt(fake_text):
+    """prompt=False: no FiLM, and the correction depends on the frames alone."""
+    cfg = RefinerConfig(width=8, prompt=False)
+    model = with_refiner(make_live_tiny_model(), cfg)
+    assert model.refiner.film is None
+    with torch.no_grad():
+        model.refiner.out.weight.normal_(0, 0.1)
+    clip = _clip()
+    delta = _edit(model, fake_text, clip, "make it red") - _edit(make_live_tiny_model(), fake_text, clip, "make it red")
+    assert delta.abs().max() > 1e-3
+    src = torch.rand(4, 2, 3, 16, 16)
+    data = RefinerData(src, src, 1 - src, torch.zeros(4, model.config.dit.hidden_size))
+    losses = train_refiner(model, data, 100, pairs_per_step=2, frames_per_pair=2, log_every=0)
+    assert sum(losses[-10:]) < sum(losses[:10])
