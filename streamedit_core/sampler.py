@@ -143,7 +143,9 @@ class StreamSampler:
         if cfg.window_max + cfg.steps > max_frames:
             raise ValueError(f"window_max={cfg.window_max} + steps={cfg.steps} latent frames exceed "
                              f"the DiT's max_frames={max_frames}; lower window_max or steps")
-        self.model = model
+        # A model with a pixel refiner (refiner.py) corrects each latent frame the sampler
+        # releases; without one (or a stand-in with no `refiner`) the DiT's latent leaves as is.
+        self.refine = model.refine if getattr(model, "refiner", None) is not None else None
         self.dit = model.dit
         self.dit_cfg = model.config.dit
         self.cfg = cfg
@@ -247,4 +249,6 @@ class StreamSampler:
             return None
         latent, src = state.pop_oldest()
         state.push_history(latent, src)
-        return self.model.refine(latent[None, :, None], src[None, :, None], text)[0, :, 0].float()
+        if self.refine is None:
+            return latent
+        return self.refine(latent[None, :, None], src[None, :, None], text)[0, :, 0].float()
