@@ -37,7 +37,8 @@ def _clip(frames=8, size=16, seed=0):
 
 def test_presets_and_config_round_trip():
     from streamedit_core.config import get_preset
-    # No preset has one: the shipped demo model has none (docs/demo-model.md, The pixel refiner).
+    # No preset has one: train_demo fits one to the distilled student (--refiner-width, default 32;
+    # the shipped model has one: docs/demo-model.md, The pixel refiner).
     assert all(get_preset(name).refiner.width == 0 for name in ("tiny", "demo", "2b", "10b"))
     config = get_preset("tiny").replace(refiner=SMALL)
     assert ModelConfig.from_json(config.to_json()) == config
@@ -108,6 +109,19 @@ def test_train_refiner_learns_a_pixel_edit(tiny_model):
     assert all(torch.equal(v, model.dit.state_dict()[k]) for k, v in dit_before.items())
 
 
+def test_the_loss_counts_the_change_between_frames(tiny_model):
+    """Edited frames that flip between 0 and 1 over a still grey target: before any update (the
+    refiner is the identity) every window of consecutive frames costs 0.25 of pixel MSE plus the
+    weight times 1, the squared frame-to-frame change the target does not have."""
+    flip = (torch.arange(6) % 2).float()[None, :, None, None, None].expand(3, 6, 3, 8, 8).contiguous()
+    data = RefinerData(flip, flip, torch.full_like(flip, 0.5), torch.zeros(3, tiny_model.config.dit.hidden_size))
+    for weight in (0.0, 2.0):
+        model = with_refiner(tiny_model, RefinerConfig(width=4, film_hidden=4))
+        losses = train_refiner(model, data, 1, pairs_per_step=2, frames_per_pair=3, temporal_weight=weight,
+                               log_every=0)
+        assert losses[0] == pytest.approx(0.25 + weight)
+
+
 def test_errors(tiny_model):
     with pytest.raises(ValueError, match="has no refiner"):
         train_refiner(tiny_model, None, 10)
@@ -115,6 +129,11 @@ def test_errors(tiny_model):
         with_refiner(tiny_model, RefinerConfig())
     with pytest.raises(ValueError, match="steps must be >= 1"):
         train_refiner(with_refiner(tiny_model, SMALL), None, 0)
+    data = RefinerData(*(torch.zeros(2, 3, 3, 8, 8) for _ in range(3)), torch.zeros(2, tiny_model.config.dit.hidden_size))
+    with pytest.raises(ValueError, match="temporal weight must be >= 0"):
+        train_refiner(with_refiner(tiny_model, SMALL), data, 5, temporal_weight=-1)
+    with pytest.raises(ValueError, match="frames_per_pair must be in 1..3"):
+        train_refiner(with_refiner(tiny_model, SMALL), data, 5, frames_per_pair=4)
 
 
 def test_a_refiner_without_the_prompt(fake_text):

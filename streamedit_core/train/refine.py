@@ -53,13 +53,19 @@ def refiner_data(model, text_encoder, pairs) -> RefinerData:
 
 
 def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int = 8,
-                  frames_per_pair: int = 4, lr: float = 2e-3, seed: int = 0,
-                  log_every: int = 250) -> list[float]:
-    """Fit `model.refiner` (a fresh one of `model.config.refiner` if it has none yet, e.g. a
-    model trained before refiners) to `data` with AdamW and a cosine rate; returns the loss
-    (pixel MSE) at every step. The rest of the model is not touched."""
+                  frames_per_pair: int = 4, temporal_weight: float = 2.0, lr: float = 2e-3,
+                  seed: int = 0, log_every: int = 250) -> list[float]:
+    """Fit `model.refiner` to `data` with AdamW and a cosine rate; returns the loss at every
+    step. The rest of the model is not touched. Each step sees `frames_per_pair` consecutive
+    frames of each pair, and the loss is the pixel MSE plus `temporal_weight` times the MSE of
+    the change between consecutive frames against the ground truth's: a refiner that sees one
+    frame at a time otherwise sharpens an edit it is unsure of into a shimmer (on run 18's
+    outputs, test: pooled flicker 1.25 without the term, 1.10 with a weight of 2; see
+    docs/demo-model.md, The pixel refiner)."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
+    if temporal_weight < 0:
+        raise ValueError(f"refiner temporal weight must be >= 0, got {temporal_weight}")
     if model.refiner is None:
         raise ValueError(f"model {model.config.name!r} has no refiner (refiner width 0); give it one "
                          "with with_refiner() first")
@@ -67,16 +73,22 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     n_pairs, n_frames = data.source.shape[:2]
+    if not 1 <= frames_per_pair <= n_frames:
+        raise ValueError(f"frames_per_pair must be in 1..{n_frames} (the frames of a pair), got {frames_per_pair}")
     losses, start = [], time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         pi = torch.randint(n_pairs, (pairs_per_step, 1), generator=gen)
-        fi = torch.randint(n_frames, (pairs_per_step, frames_per_pair), generator=gen)
-        out, src, tgt = (x[pi, fi].flatten(0, 1) for x in (data.output, data.source, data.target))
+        first = torch.randint(n_frames - frames_per_pair + 1, (pairs_per_step, 1), generator=gen)
+        fi = first + torch.arange(frames_per_pair)  # [pairs, frames]: consecutive
+        out, src, tgt = (x[pi, fi] for x in (data.output, data.source, data.target))  # [p, f, 3, H, W]
         pooled = (data.pooled[pi[:, 0]].repeat_interleave(frames_per_pair, 0)
                   if model.config.refiner.prompt else None)
-        loss = F.mse_loss(net(out, src, pooled), tgt)
+        pred = net(out.flatten(0, 1), src.flatten(0, 1), pooled).unflatten(0, out.shape[:2])
+        loss = F.mse_loss(pred, tgt)
+        if temporal_weight and frames_per_pair > 1:
+            loss = loss + temporal_weight * F.mse_loss(pred.diff(dim=1), tgt.diff(dim=1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
