@@ -3,7 +3,7 @@
 student's streamed output, then export one safetensors file and score it on the benchmark's
 test split.
 
-    python scripts/train_demo.py                      # 110 minutes of training, then eval
+    python scripts/train_demo.py                      # 90 minutes of training, the refiner, then eval
     python scripts/train_demo.py --budget-minutes 30 --threads 1 --eval-limit 12
 
 Each stage gets a share of the time budget. Before a stage the script times a few training
@@ -19,11 +19,11 @@ stage-1 STLE into OUT/latents/ (reused when it has `done.json`); the DiT and dis
 stages read those instead of running the STLE every step.
 `--stle-from RUN` starts at the DiT stage with the STLE of an earlier run (the STLE recipe has
 not changed, the DiT has): a fresh DiT of the current preset is put next to that STLE.
-The refine stage runs where `--refiner-width` is above 0 (default 0: the shipped model has no
-refiner, see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
-`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7
-minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 15
-minutes there).
+The refine stage runs where `--refiner-width` is above 0 (default 32, as the shipped model;
+see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
+`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 4 to
+5 minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 14
+minutes there). `--refiner-width 0` exports the distilled student itself.
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
@@ -65,7 +65,11 @@ STAGES = ("stle", "dit", "distill", "refine")
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 # The refiner (streamedit_core/refiner.py): rounds of the benchmark's train split (78 pairs each,
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
-REFINE_ROUNDS, REFINE_STEPS = 5, 3000
+# Its loss adds the change between consecutive frames against the ground truth's, this much.
+REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS, REFINE_TEMPORAL = 32, 5, 3000, 2.0
+# The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
+# the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
+BUDGET_MINUTES = 90.0
 LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
 # (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)
@@ -92,17 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="run folder (default: runs/demo)")
     p.add_argument("--config-dir", default=str(ROOT / "configs" / "demo"),
                    help="stage configs stle.json, dit.json, distill.json (default: configs/demo)")
-    p.add_argument("--budget-minutes", type=float, default=110.0,
-                   help="training time over all stages (default 110: eval follows, 2 hours in all)")
+    p.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES,
+                   help=f"training time of the STLE, DiT and distill stages (default {BUDGET_MINUTES:.0f}: the "
+                        "refiner (15-20 minutes on 2 CPU cores) and eval follow, 2 hours in all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--refiner-width", type=int, default=0,
-                   help="give the student a pixel refiner of this width and fit it (default 0: none)")
+    p.add_argument("--refiner-width", type=int, default=REFINER_WIDTH,
+                   help=f"give the student a pixel refiner of this width and fit it (default {REFINER_WIDTH}; "
+                        "0: none, the student is the model)")
     p.add_argument("--refiner-no-prompt", action="store_true",
                    help="a refiner that does not read the prompt (RefinerConfig.prompt = False)")
     p.add_argument("--refine-rounds", type=int, default=REFINE_ROUNDS,
                    help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
     p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
                    help=f"refiner training steps (default {REFINE_STEPS})")
+    p.add_argument("--refine-temporal", type=float, default=REFINE_TEMPORAL,
+                   help=f"weight of the refiner's frame-to-frame loss term (default {REFINE_TEMPORAL})")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (default: all; later stages need earlier ones)")
     p.add_argument("--export", default=None, help=f"exported checkpoint (default: OUT/{EXPORT_NAME})")
@@ -272,7 +280,8 @@ def reuse_stle(run: Path, out: Path) -> None:
     log.info("stage stle: reused from %s (fresh %s DiT)", src, old.config.name)
 
 
-def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int) -> Path:
+def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
+               temporal_weight: float = REFINE_TEMPORAL) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
     from streamedit_core.eval.benchmark import build_pairs
@@ -286,8 +295,9 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     if not cfg.width:
         log.info("stage refine: no refiner asked (--refiner-width 0): the distilled student is the model")
         return student
-    if rounds < 1 or steps < 1:
-        raise SystemExit(f"need --refine-rounds >= 1 and --refine-steps >= 1, got {rounds}, {steps}")
+    if rounds < 1 or steps < 1 or temporal_weight < 0:
+        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1 and --refine-temporal >= 0, "
+                         f"got {rounds}, {steps}, {temporal_weight}")
     model = load_checkpoint(student, dtype=torch.float32)
     if model.refiner is not None and model.config.refiner != cfg:
         raise SystemExit(f"stage refine: {student} has a refiner {model.config.refiner}, not the {cfg} asked")
@@ -299,13 +309,14 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     data = refiner_data(model, text, pairs)
     data_s = time.perf_counter() - t0
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
-    losses = train_refiner(model, data, steps)
+    losses = train_refiner(model, data, steps, temporal_weight=temporal_weight)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
     summary = {"stage": "refine", "steps": steps, "train_seconds": round(seconds, 1),
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
-               "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "init": str(student)}
+               "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
+               "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
     return path
@@ -455,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
         if stage == "refine":
             cfg = RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt)
-            init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps)
+            init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
+                              args.refine_temporal)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE

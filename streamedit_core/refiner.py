@@ -1,5 +1,5 @@
 """The pixel refiner: a small text-conditioned CNN that corrects each edited latent frame in
-pixel space (`RefinerConfig`; the `demo` preset has one, the paper's sizes do not).
+pixel space (`RefinerConfig`; the shipped demo model has one, fitted by train_demo; no preset does).
 
 The DiT edits 8x8-pixel tokens. An edit that is a nonlinear function of a few neighbouring
 pixels (a pencil sketch: Sobel edges on white paper; a strong colour tint) is then a function

@@ -51,7 +51,9 @@ def test_flicker() -> None:
 
 def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5",
+    # A budget far above what the configs' 3-step caps need: on a loaded machine 5 minutes planned
+    # a single STLE step (15 s of share, trial steps of several seconds).
+    argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "60",
             "--latent-samples", "8", "--refiner-width", "4", "--refine-rounds", "1", "--refine-steps", "3",
             "--no-eval"]
     assert train_demo.main(argv) == 0
@@ -120,7 +122,7 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
 def test_no_refiner_exports_the_student(tiny_configs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "5",
-            "--latent-samples", "8", "--no-eval"]
+            "--latent-samples", "8", "--refiner-width", "0", "--no-eval"]
     assert train_demo.main(argv) == 0
     assert not (out / "refine").exists()
     exported = load_checkpoint(out / train_demo.EXPORT_NAME)
@@ -195,7 +197,8 @@ def test_a_stage_overrun_does_not_starve_the_next(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(train_demo, "run_stage", fake_stage)
     monkeypatch.setattr(train_demo, "encode_latents", lambda cfg, *a: cfg.data)
     monkeypatch.setattr(train_demo, "export", lambda model, dest, summaries: dest)
-    assert train_demo.main(["--out", str(tmp_path), "--budget-minutes", "100", "--no-eval"]) == 0
+    assert train_demo.main(["--out", str(tmp_path), "--budget-minutes", "100", "--refiner-width", "0",
+                            "--no-eval"]) == 0
     shares = train_demo.SHARES
     assert budgets["stle"] == pytest.approx(6000 * shares["stle"])
     assert budgets["dit"] == pytest.approx((6000 - 5) * shares["dit"] / (shares["dit"] + shares["distill"]))
