@@ -21,8 +21,8 @@ stages read those instead of running the STLE every step.
 not changed, the DiT has): a fresh DiT of the current preset is put next to that STLE.
 The refine stage runs where `--refiner-width` is above 0 (default 32, as the shipped model;
 see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
-`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 4 to
-5 minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 14
+`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7 to
+5.4 minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 14
 minutes there). `--refiner-width 0` exports the distilled student itself.
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from streamedit_core.config import RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
+from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
@@ -65,8 +66,7 @@ STAGES = ("stle", "dit", "distill", "refine")
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 # The refiner (streamedit_core/refiner.py): rounds of the benchmark's train split (78 pairs each,
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
-# Its loss adds the change between consecutive frames against the ground truth's, this much.
-REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS, REFINE_TEMPORAL = 32, 5, 3000, 2.0
+REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 # The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
 # the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
 BUDGET_MINUTES = 90.0
@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
     p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
                    help=f"refiner training steps (default {REFINE_STEPS})")
-    p.add_argument("--refine-temporal", type=float, default=REFINE_TEMPORAL,
-                   help=f"weight of the refiner's frame-to-frame loss term (default {REFINE_TEMPORAL})")
+    p.add_argument("--refine-temporal", type=float, default=TEMPORAL_WEIGHT,
+                   help=f"weight of the refiner's frame-to-frame loss term (default {TEMPORAL_WEIGHT})")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (default: all; later stages need earlier ones)")
     p.add_argument("--export", default=None, help=f"exported checkpoint (default: OUT/{EXPORT_NAME})")
@@ -281,7 +281,7 @@ def reuse_stle(run: Path, out: Path) -> None:
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
-               temporal_weight: float = REFINE_TEMPORAL) -> Path:
+               temporal_weight: float) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
     from streamedit_core.eval.benchmark import build_pairs

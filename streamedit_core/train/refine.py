@@ -22,6 +22,9 @@ from ..config import RefinerConfig
 
 log = logging.getLogger(__name__)
 
+# Weight of the frame-to-frame term of the refiner's loss (see train_refiner).
+TEMPORAL_WEIGHT = 2.0
+
 
 @dataclass
 class RefinerData:
@@ -53,15 +56,15 @@ def refiner_data(model, text_encoder, pairs) -> RefinerData:
 
 
 def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int = 8,
-                  frames_per_pair: int = 4, temporal_weight: float = 2.0, lr: float = 2e-3,
+                  frames_per_pair: int = 4, temporal_weight: float = TEMPORAL_WEIGHT, lr: float = 2e-3,
                   seed: int = 0, log_every: int = 250) -> list[float]:
     """Fit `model.refiner` to `data` with AdamW and a cosine rate; returns the loss at every
     step. The rest of the model is not touched. Each step sees `frames_per_pair` consecutive
     frames of each pair, and the loss is the pixel MSE plus `temporal_weight` times the MSE of
     the change between consecutive frames against the ground truth's: a refiner that sees one
-    frame at a time otherwise sharpens an edit it is unsure of into a shimmer (on run 18's
-    outputs, test: pooled flicker 1.25 without the term, 1.10 with a weight of 2; see
-    docs/demo-model.md, The pixel refiner)."""
+    frame at a time otherwise sharpens an edit it is unsure of into a shimmer (test split,
+    pooled flicker: 1.20 without the term and 1.10 with a weight of 2 in probes on run 18's
+    outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner)."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
     if temporal_weight < 0:
