@@ -121,6 +121,11 @@ class RefinerConfig:
     # edit more strongly than the DiT did (with it, "apply a mosaic effect", which MiniLM puts
     # near line art, became a sketch: docs/demo-model.md, The pixel refiner).
     prompt: bool = True
+    # Knots of the tone curves of its colour grade (0 = no grade; needs `prompt`): from the
+    # prompt, a colour matrix and then one piecewise-linear curve per channel, applied to the
+    # source pixels and blended in by a weight per pixel (refiner.py). Ten of the thirteen
+    # edit families are such a grade exactly; a posterize staircase needs knots 1/32 apart.
+    grade_knots: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,9 @@ class ModelConfig:
         if self.refiner.width < 0 or self.refiner.film_hidden < 1:
             raise ValueError(f"refiner width={self.refiner.width} must be >= 0 (0 = none) and "
                              f"film_hidden={self.refiner.film_hidden} >= 1")
+        if self.refiner.grade_knots and (self.refiner.grade_knots < 2 or not self.refiner.prompt):
+            raise ValueError(f"refiner grade_knots={self.refiner.grade_knots} must be 0 (no colour grade) or "
+                             f">= 2 on a refiner that reads the prompt (prompt={self.refiner.prompt})")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")

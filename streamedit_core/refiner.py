@@ -21,36 +21,76 @@ from .config import RefinerConfig
 class PixelRefiner(nn.Module):
     """frames edited, source [N, 3, H, W] in [0, 1] and the pooled prompt [N, D] (where
     `cfg.prompt`) -> the refined frames [N, 3, H, W] (unclamped). Its output layer starts at zero: the untrained
-    refiner returns the edited frames unchanged."""
+    refiner returns the edited frames unchanged. With `cfg.grade_knots`, a colour grade of the
+    source read from the prompt (`colour_grade`) is one more input and is blended in per pixel."""
 
     def __init__(self, cfg: RefinerConfig, text_dim: int, *, ops=None, device=None, dtype=None) -> None:
         super().__init__()
         ops = ops if ops is not None else nn
         kw = dict(device=device, dtype=dtype)
         w = cfg.width
+        self.knots = cfg.grade_knots
         # Two 3x3 layers (a 5x5 view: edges, local contrast), then per-pixel layers (the
-        # nonlinear colour maps). Each is modulated by the prompt (FiLM).
-        self.convs = nn.ModuleList([ops.Conv2d(6, w, 3, padding=1, **kw), ops.Conv2d(w, w, 3, padding=1, **kw),
+        # nonlinear colour maps). Each is modulated by the prompt (FiLM). With a colour grade
+        # the convolutions also see the graded source, and the output layer gains the weight
+        # that blends the grade in.
+        inputs, outputs = (9, 4) if self.knots else (6, 3)
+        self.convs = nn.ModuleList([ops.Conv2d(inputs, w, 3, padding=1, **kw), ops.Conv2d(w, w, 3, padding=1, **kw),
                                     ops.Conv2d(w, w, 1, **kw), ops.Conv2d(w, w, 1, **kw)])
         self.film = (nn.Sequential(ops.Linear(text_dim, cfg.film_hidden, **kw), nn.SiLU(),
                                    ops.Linear(cfg.film_hidden, 2 * w * len(self.convs), **kw))
                      if cfg.prompt else None)
-        self.out = ops.Conv2d(w, 3, 1, **kw)
-        for layer in (self.film[-1], self.out) if self.film is not None else (self.out,):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        # From the FiLM MLP's hidden layer: a 3x3 colour matrix and offset (as changes from the
+        # identity) and the change of each channel's curve at its knots from the diagonal.
+        self.grade = ops.Linear(cfg.film_hidden, 12 + 3 * self.knots, **kw) if self.knots else None
+        self.out = ops.Conv2d(w, outputs, 1, **kw)
+        for layer in (self.film[-1], self.grade, self.out) if self.film is not None else (self.out,):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, edited: Tensor, source: Tensor, pooled: Tensor | None) -> Tensor:
         """pooled: [N, D], or None for a refiner that does not read the prompt."""
-        mod = None
+        mod, inputs = None, [edited, source]
         if self.film is not None:
             # Unit-RMS prompt, as the DiT's edit map reads it: the pooled vector's scale is
             # the DiT's business, not the refiner's.
-            mod = self.film(F.layer_norm(pooled, pooled.shape[-1:])).chunk(2 * len(self.convs), -1)
-        h = torch.cat([edited, source], 1) * 2 - 1  # [N, 6, H, W] in about [-1, 1]
+            hidden = self.film[:2](F.layer_norm(pooled, pooled.shape[-1:]))  # [N, film_hidden]
+            mod = self.film[2](hidden).chunk(2 * len(self.convs), -1)
+            if self.grade is not None:
+                graded = colour_grade(source, self.grade(hidden), self.knots)
+                inputs.append(graded)
+        h = torch.cat(inputs, 1) * 2 - 1  # [N, 6 or 9, H, W] in about [-1, 1]
         for i, conv in enumerate(self.convs):
             h = conv(h)
             if mod is not None:
                 h = h * (1 + mod[2 * i][..., None, None]) + mod[2 * i + 1][..., None, None]
             h = F.gelu(h)
-        return edited + self.out(h)
+        out = self.out(h)  # [N, 3 or 4, H, W]
+        if self.grade is None:
+            return edited + out
+        # The weight is unbounded and starts at 0 (so does the rest of the output): the grade
+        # gets a gradient from the first step, and blends in only where it helps.
+        return edited + out[:, :3] + out[:, 3:] * (graded - edited)
+
+
+def colour_grade(frames: Tensor, params: Tensor, knots: int) -> Tensor:
+    """frames [N, 3, H, W] in [0, 1], params [N, 12 + 3 * knots] -> graded frames [N, 3, H, W].
+
+    The colour matrix (identity + params[:, :9]) and offset (params[:, 9:12]) mix the channels;
+    each channel then goes through its own piecewise-linear curve on [0, 1], `knots` evenly
+    spaced values (the diagonal + the rest of params). All zeros is the identity. Grayscale,
+    sepia and the hue overlays are a matrix and curves; brightness, inversion, tints and
+    posterize are curves alone: ten of the benchmark's thirteen families."""
+    n = frames.shape[0]
+    eye = torch.eye(3, dtype=params.dtype, device=params.device)
+    matrix = params[:, :9].view(n, 3, 3) + eye
+    mixed = torch.einsum("ncd,ndhw->nchw", matrix, frames) + params[:, 9:12, None, None]
+    grid = torch.linspace(0, 1, knots, dtype=params.dtype, device=params.device)
+    curve = params[:, 12:].view(n, 3, knots) + grid  # [N, 3, knots]: value at each knot
+    pos = mixed.clamp(0, 1).flatten(2) * (knots - 1)  # [N, 3, H*W] in knot units
+    left = pos.floor().clamp(max=knots - 2)
+    frac = pos - left
+    lo = curve.gather(2, left.long())
+    hi = curve.gather(2, left.long() + 1)
+    return (lo + frac * (hi - lo)).view_as(frames)

@@ -54,7 +54,7 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # A budget far above what the configs' 3-step caps need: on a loaded machine 5 minutes planned
     # a single STLE step (15 s of share, trial steps of several seconds).
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "60",
-            "--latent-samples", "8", "--refiner-width", "4", "--refine-rounds", "1", "--refine-steps", "3",
+            "--latent-samples", "8", "--refiner-width", "4", "--refiner-grade-knots", "33", "--refine-rounds", "1", "--refine-steps", "3",
             "--no-eval"]
     assert train_demo.main(argv) == 0
     refine = json.loads((out / "refine" / "stage.json").read_text())
@@ -78,11 +78,12 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     exported = load_checkpoint(export)
     distilled = load_checkpoint(out / "refine" / "model.safetensors")
     assert exported.config == distilled.config and exported.config.refiner.width == 4
+    assert exported.config.refiner.grade_knots == 33
     # The refine stage added a fitted refiner (its output layer starts at zero) and changed nothing else.
     student = load_checkpoint(out / "distill" / "model.safetensors")
     assert student.refiner is None
     assert all(torch.equal(t, distilled.state_dict()[k]) for k, t in student.state_dict().items())
-    assert distilled.refiner.out.weight.abs().max() > 0
+    assert distilled.refiner.out.weight.abs().max() > 0 and distilled.refiner.grade.weight.abs().max() > 0
     assert (exported.config.sampler.steps, exported.config.sampler.cfg_scale) == (6, 1.0)
     for name, t in distilled.state_dict().items():
         e = exported.state_dict()[name]
@@ -262,3 +263,7 @@ def test_bad_input(tmp_path: Path) -> None:
         train_demo.main(["--out", str(tmp_path), "--stages", "dit"])
     with pytest.raises(SystemExit, match="--budget-minutes > 0.*-1"):
         train_demo.main(["--out", str(tmp_path), "--budget-minutes", "-1"])
+    with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 33 with --refiner-no-prompt"):
+        train_demo.main(["--out", str(tmp_path), "--refiner-no-prompt", "--refiner-grade-knots", "33"])
+    with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 1"):
+        train_demo.main(["--out", str(tmp_path), "--refiner-grade-knots", "1"])

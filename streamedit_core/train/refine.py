@@ -56,8 +56,9 @@ def refiner_data(model, text_encoder, pairs) -> RefinerData:
 
 
 def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int = 8,
-                  frames_per_pair: int = 4, temporal_weight: float = TEMPORAL_WEIGHT, lr: float = 2e-3,
-                  seed: int = 0, log_every: int = 250) -> list[float]:
+                  frames_per_pair: int = 4, temporal_weight: float = TEMPORAL_WEIGHT,
+                  prompt_noise: float = 0.0, lr: float = 2e-3, seed: int = 0,
+                  log_every: int = 250) -> list[float]:
     """Fit `model.refiner` to `data` with AdamW and a cosine rate; returns the loss at every
     step. The rest of the model is not touched. Each step sees `frames_per_pair` consecutive
     frames of each pair, and the loss is the pixel MSE plus `temporal_weight` times the MSE of
@@ -67,8 +68,8 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner)."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
-    if temporal_weight < 0:
-        raise ValueError(f"refiner temporal weight must be >= 0, got {temporal_weight}")
+    if temporal_weight < 0 or prompt_noise < 0:
+        raise ValueError(f"refiner temporal weight and prompt noise must be >= 0, got {temporal_weight}, {prompt_noise}")
     if model.refiner is None:
         raise ValueError(f"model {model.config.name!r} has no refiner (refiner width 0); give it one "
                          "with with_refiner() first")
@@ -86,8 +87,13 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
         first = torch.randint(n_frames - frames_per_pair + 1, (pairs_per_step, 1), generator=gen)
         fi = first + torch.arange(frames_per_pair)  # [pairs, frames]: consecutive
         out, src, tgt = (x[pi, fi] for x in (data.output, data.source, data.target))  # [p, f, 3, H, W]
-        pooled = (data.pooled[pi[:, 0]].repeat_interleave(frames_per_pair, 0)
-                  if model.config.refiner.prompt else None)
+        pooled = data.pooled[pi[:, 0]] if model.config.refiner.prompt else None  # [pairs, D]
+        if pooled is not None and prompt_noise:
+            # In units of the prompt's RMS, which is what the refiner reads (it normalises it).
+            rms = pooled.pow(2).mean(-1, keepdim=True).sqrt()
+            pooled = pooled + prompt_noise * rms * torch.randn(pooled.shape, generator=gen)
+        if pooled is not None:
+            pooled = pooled.repeat_interleave(frames_per_pair, 0)
         pred = net(out.flatten(0, 1), src.flatten(0, 1), pooled).unflatten(0, out.shape[:2])
         loss = F.mse_loss(pred, tgt)
         if temporal_weight and frames_per_pair > 1:
