@@ -440,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"need --refiner-width >= 0, got {args.refiner_width}")
     if args.refiner_width and (args.refiner_grade_knots == 1 or args.refiner_grade_knots < 0
                                or (args.refiner_grade_knots and args.refiner_no_prompt)):
+        without = " with --refiner-no-prompt" * args.refiner_no_prompt
         raise SystemExit(f"need --refiner-grade-knots 0 (no colour grade) or >= 2 on a refiner that reads the "
-                         f"prompt, got {args.refiner_grade_knots}{' with --refiner-no-prompt' * args.refiner_no_prompt}")
+                         f"prompt, got {args.refiner_grade_knots}{without}")
     if args.threads < 0 or args.budget_minutes <= 0:
         raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
     if args.threads:

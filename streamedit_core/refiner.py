@@ -90,7 +90,6 @@ def colour_grade(frames: Tensor, params: Tensor, knots: int) -> Tensor:
     curve = params[:, 12:].view(n, 3, knots) + grid  # [N, 3, knots]: value at each knot
     pos = mixed.clamp(0, 1).flatten(2) * (knots - 1)  # [N, 3, H*W] in knot units
     left = pos.floor().clamp(max=knots - 2)
-    frac = pos - left
-    lo = curve.gather(2, left.long())
-    hi = curve.gather(2, left.long() + 1)
-    return (lo + frac * (hi - lo)).view_as(frames)
+    idx = left.long()
+    lo, hi = curve.gather(2, idx), curve.gather(2, idx + 1)
+    return (lo + (pos - left) * (hi - lo)).view_as(frames)

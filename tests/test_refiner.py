@@ -133,6 +133,8 @@ def test_errors(tiny_model):
     data = RefinerData(*(torch.zeros(2, 3, 3, 8, 8) for _ in range(3)), torch.zeros(2, tiny_model.config.dit.hidden_size))
     with pytest.raises(ValueError, match="temporal weight and prompt noise must be >= 0"):
         train_refiner(with_refiner(tiny_model, SMALL), data, 5, temporal_weight=-1)
+    with pytest.raises(ValueError, match="temporal weight and prompt noise must be >= 0"):
+        train_refiner(with_refiner(tiny_model, SMALL), data, 5, prompt_noise=-0.1)
     with pytest.raises(ValueError, match="frames_per_pair must be in 1..3"):
         train_refiner(with_refiner(tiny_model, SMALL), data, 5, frames_per_pair=4)
 
@@ -211,3 +213,18 @@ def test_grade_config_errors():
     for bad in (RefinerConfig(width=8, grade_knots=1), RefinerConfig(width=8, grade_knots=33, prompt=False)):
         with pytest.raises(ValueError, match="grade_knots"):
             get_preset("tiny").replace(refiner=bad)
+
+
+def test_prompt_noise_changes_the_fit_not_the_start(tiny_model):
+    """The identity refiner's first loss does not read the prompt, so noise leaves it alone; the
+    fit after it does, and is the same for the same seed and start."""
+    src = torch.rand(4, 3, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    data = RefinerData(src, src, 1 - src, torch.randn(4, tiny_model.config.dit.hidden_size))
+
+    def fit(noise):
+        torch.manual_seed(0)  # the fresh refiner's convolutions
+        return train_refiner(with_refiner(tiny_model, SMALL), data, 4, pairs_per_step=2, frames_per_pair=2,
+                             prompt_noise=noise, log_every=0)
+    plain, noisy = fit(0.0), fit(0.5)
+    assert plain[0] == noisy[0] and plain[1:] != noisy[1:]
+    assert fit(0.5) == noisy

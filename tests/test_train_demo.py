@@ -54,8 +54,8 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # A budget far above what the configs' 3-step caps need: on a loaded machine 5 minutes planned
     # a single STLE step (15 s of share, trial steps of several seconds).
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "60",
-            "--latent-samples", "8", "--refiner-width", "4", "--refiner-grade-knots", "33", "--refine-rounds", "1", "--refine-steps", "3",
-            "--no-eval"]
+            "--latent-samples", "8", "--refiner-width", "4", "--refiner-grade-knots", "33",
+            "--refine-rounds", "1", "--refine-steps", "3", "--no-eval"]
     assert train_demo.main(argv) == 0
     refine = json.loads((out / "refine" / "stage.json").read_text())
     assert (refine["steps"], refine["pairs"]) == (3, 78)  # one round of the train split

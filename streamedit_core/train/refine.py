@@ -65,11 +65,14 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     the change between consecutive frames against the ground truth's: a refiner that sees one
     frame at a time otherwise sharpens an edit it is unsure of into a shimmer (test split,
     pooled flicker: 1.20 without the term and 1.10 with a weight of 2 in probes on run 18's
-    outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner)."""
+    outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner).
+    `prompt_noise` adds Gaussian noise of that many times the prompt's RMS to each pair's
+    pooled prompt (0: none; not yet measured on the demo model)."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
     if temporal_weight < 0 or prompt_noise < 0:
-        raise ValueError(f"refiner temporal weight and prompt noise must be >= 0, got {temporal_weight}, {prompt_noise}")
+        raise ValueError(f"refiner temporal weight and prompt noise must be >= 0, "
+                         f"got {temporal_weight}, {prompt_noise}")
     if model.refiner is None:
         raise ValueError(f"model {model.config.name!r} has no refiner (refiner width 0); give it one "
                          "with with_refiner() first")
@@ -87,12 +90,13 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
         first = torch.randint(n_frames - frames_per_pair + 1, (pairs_per_step, 1), generator=gen)
         fi = first + torch.arange(frames_per_pair)  # [pairs, frames]: consecutive
         out, src, tgt = (x[pi, fi] for x in (data.output, data.source, data.target))  # [p, f, 3, H, W]
-        pooled = data.pooled[pi[:, 0]] if model.config.refiner.prompt else None  # [pairs, D]
-        if pooled is not None and prompt_noise:
-            # In units of the prompt's RMS, which is what the refiner reads (it normalises it).
-            rms = pooled.pow(2).mean(-1, keepdim=True).sqrt()
-            pooled = pooled + prompt_noise * rms * torch.randn(pooled.shape, generator=gen)
-        if pooled is not None:
+        pooled = None
+        if model.config.refiner.prompt:
+            pooled = data.pooled[pi[:, 0]]  # [pairs, D]
+            if prompt_noise:
+                # In units of the prompt's RMS, which is what the refiner reads (it normalises it).
+                rms = pooled.pow(2).mean(-1, keepdim=True).sqrt()
+                pooled = pooled + prompt_noise * rms * torch.randn(pooled.shape, generator=gen)
             pooled = pooled.repeat_interleave(frames_per_pair, 0)
         pred = net(out.flatten(0, 1), src.flatten(0, 1), pooled).unflatten(0, out.shape[:2])
         loss = F.mse_loss(pred, tgt)
