@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from streamedit_core.config import RefinerConfig  # noqa: E402
+from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
 
@@ -70,6 +70,8 @@ REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 # The refiner's colour grade (RefinerConfig.grade_knots): off in the shipped recipe (run 21) until a
 # model with it is shipped; 33 (knots 1/32 apart) is what the 2026-12-03 probe used (docs/demo-model.md).
 GRADE_KNOTS = 0
+# Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
+PROMPT_VIEW = "dit"
 # The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
 # the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
 BUDGET_MINUTES = 90.0
@@ -111,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--refiner-grade-knots 0)")
     p.add_argument("--refiner-grade-knots", type=int, default=GRADE_KNOTS,
                    help=f"knots of the tone curves of the refiner's colour grade (default {GRADE_KNOTS}; 0: no grade)")
+    p.add_argument("--refiner-prompt-view", choices=REFINER_PROMPT_VIEWS, default=PROMPT_VIEW,
+                   help=f"what the refiner reads of the prompt: the DiT's pooled vector (dit) or the text "
+                        f"members' token means (text) (default {PROMPT_VIEW})")
     p.add_argument("--refine-rounds", type=int, default=REFINE_ROUNDS,
                    help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
     p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
@@ -477,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
         if stage == "refine":
             cfg = RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt,
-                                grade_knots=args.refiner_grade_knots if args.refiner_width else 0)
+                                grade_knots=args.refiner_grade_knots if args.refiner_width else 0,
+                                prompt_view=args.refiner_prompt_view)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
                               args.refine_temporal)
             continue

@@ -24,8 +24,9 @@ class StreamEditModel(nn.Module):
         self.config = config
         self.stle = STLE(config.stle, device=device, dtype=dtype, operations=operations)
         self.dit = StreamEditDiT(config.dit, device=device, dtype=dtype, operations=operations)
-        self.refiner = (PixelRefiner(config.refiner, config.dit.hidden_size, ops=operations,
-                                     device=device, dtype=dtype)
+        text_dim = (config.dit.hidden_size if config.refiner.prompt_view == "dit"
+                    else sum(m.dim for m in config.dit.text_members))
+        self.refiner = (PixelRefiner(config.refiner, text_dim, ops=operations, device=device, dtype=dtype)
                         if config.refiner.width else None)
 
     @classmethod
@@ -48,8 +49,7 @@ class StreamEditModel(nn.Module):
         if self.refiner is None:
             return edited
         dtype = next(self.refiner.parameters()).dtype
-        pooled = (self.dit.pool_text(text.to(edited.device, dtype))  # [B or 1, D]
-                  if self.config.refiner.prompt else None)
+        pooled = self.refiner_prompt(text) if self.config.refiner.prompt else None  # [B or 1, D]
         out_px = self.stle.linear_decode(edited)  # [B, 3, F, H, W]
         src_px = self.stle.linear_decode(source)
         b, _, f, h, w = out_px.shape
@@ -62,6 +62,15 @@ class StreamEditModel(nn.Module):
         out = frames(out_px)
         delta = (self.refiner(out, frames(src_px), pooled) - out).reshape(b, f, 3, h, w).transpose(1, 2)
         return edited + self.stle.linear_encode_delta(delta).to(edited.dtype)
+
+    def refiner_prompt(self, text: TextEmbedding) -> Tensor:
+        """What a refiner that reads the prompt sees of it (`RefinerConfig.prompt_view`):
+        [B, hidden_size], the DiT's pooled vector, or [B, sum of member sizes], the members'
+        token means side by side."""
+        text = text.to(self.device, next(self.refiner.parameters()).dtype)
+        if self.config.refiner.prompt_view == "dit":
+            return self.dit.pool_text(text)
+        return torch.cat(text.token_means(), -1)
 
     @property
     def device(self) -> torch.device:

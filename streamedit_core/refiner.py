@@ -6,7 +6,8 @@ pixels (a pencil sketch: Sobel edges on white paper; a strong colour tint) is th
 of hundreds of latent values per token that the demo DiT does not learn, while two 3x3
 convolutions on the pixels compute it. So every latent frame the sampler releases is viewed
 as pixels through the STLE's linear path, corrected by this net from the edited and the
-source frames (and, where `RefinerConfig.prompt`, the DiT's pooled prompt), and coded back (`StreamEditModel.refine`). It works frame by
+source frames (and, where `RefinerConfig.prompt`, a view of the prompt:
+`StreamEditModel.refiner_prompt`), and coded back (`StreamEditModel.refine`). It works frame by
 frame and sees no noise level, so it adds no stream state and runs once per latent frame.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .config import RefinerConfig
 
 
 class PixelRefiner(nn.Module):
-    """frames edited, source [N, 3, H, W] in [0, 1] and the pooled prompt [N, D] (where
+    """frames edited, source [N, 3, H, W] in [0, 1] and the prompt's view [N, D] (where
     `cfg.prompt`) -> the refined frames [N, 3, H, W] (unclamped). Its output layer starts at zero: the untrained
     refiner returns the edited frames unchanged. With `cfg.grade_knots`, a colour grade of the
     source read from the prompt (`colour_grade`) is one more input and is blended in per pixel."""
@@ -53,8 +54,8 @@ class PixelRefiner(nn.Module):
         """pooled: [N, D], or None for a refiner that does not read the prompt."""
         mod, inputs = None, [edited, source]
         if self.film is not None:
-            # Unit-RMS prompt, as the DiT's edit map reads it: the pooled vector's scale is
-            # the DiT's business, not the refiner's.
+            # Unit-RMS prompt, as the DiT's edit map reads it: the scale of the DiT's pooled
+            # vector (or of a member's states) is not the refiner's business.
             hidden = self.film[:2](F.layer_norm(pooled, pooled.shape[-1:]))  # [N, film_hidden]
             mod = self.film[2](hidden).chunk(2 * len(self.convs), -1)
             if self.grade is not None:

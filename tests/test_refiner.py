@@ -32,6 +32,15 @@ def _edit(model, text, clip, prompt="make it red"):
     return torch.cat([editor.feed(clip), editor.flush()])
 
 
+def _assert_same_model(loaded, model, text, clip, expected=None):
+    """A checkpoint round trip keeps every weight bit for bit; the edits then agree to float
+    rounding (not bitwise: CPU kernels may take another vector path on freshly loaded tensors)."""
+    a, b = loaded.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    expected = _edit(model, text, clip) if expected is None else expected
+    torch.testing.assert_close(_edit(loaded, text, clip), expected, rtol=0, atol=1e-6)
+
+
 def _clip(frames=8, size=16, seed=0):
     return torch.rand(frames, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
@@ -92,7 +101,7 @@ def test_refiner_survives_a_checkpoint(refined_model, fake_text, tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.config.refiner == SMALL
     clip = _clip()
-    assert torch.equal(_edit(loaded, fake_text, clip), _edit(refined_model, fake_text, clip))
+    _assert_same_model(loaded, refined_model, fake_text, clip)
 
 
 def test_train_refiner_learns_a_pixel_edit(tiny_model):
@@ -193,7 +202,7 @@ def test_an_untrained_graded_refiner_changes_nothing_and_survives_a_checkpoint(f
     save_checkpoint(model, tmp_path / "m.safetensors")
     loaded = load_checkpoint(tmp_path / "m.safetensors")
     assert loaded.config.refiner == GRADED
-    assert torch.equal(_edit(loaded, fake_text, clip), _edit(model, fake_text, clip))
+    _assert_same_model(loaded, model, fake_text, clip)
 
 
 def test_train_refiner_learns_a_posterize_through_the_grade(tiny_model):
@@ -228,3 +237,37 @@ def test_prompt_noise_changes_the_fit_not_the_start(tiny_model):
     plain, noisy = fit(0.0), fit(0.5)
     assert plain[0] == noisy[0] and plain[1:] != noisy[1:]
     assert fit(0.5) == noisy
+
+
+TEXT_VIEW = RefinerConfig(width=8, film_hidden=16, grade_knots=5, prompt_view="text")
+
+
+def test_a_refiner_on_the_text_view_reads_the_members_token_means(fake_text, tmp_path):
+    """prompt_view "text": the refiner's prompt is the members' mean over real tokens, not the
+    DiT's pooling; an untrained one is still the identity, and a trained one reads its prompt
+    and survives a checkpoint."""
+    base = make_live_tiny_model()
+    model = with_refiner(base, TEXT_VIEW)
+    members = base.config.dit.text_members
+    assert model.refiner.film[0].in_features == sum(m.dim for m in members)
+    emb = fake_text.encode(["make it red"])
+    assert torch.equal(model.refiner_prompt(emb), torch.cat(emb.token_means(), -1))
+    clip = _clip()
+    assert torch.equal(_edit(model, fake_text, clip), _edit(base, fake_text, clip))
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in (*model.refiner.out.parameters(), *model.refiner.grade.parameters(),
+                  *model.refiner.film[-1].parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    red, blue = _edit(model, fake_text, clip), _edit(model, fake_text, clip, prompt="make it blue")
+    assert (red - blue).abs().max() > 1e-3
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.config.refiner == TEXT_VIEW
+    _assert_same_model(loaded, model, fake_text, clip, expected=red)
+
+
+def test_prompt_view_errors():
+    from streamedit_core.config import get_preset
+    with pytest.raises(ValueError, match="prompt_view='pooled'.*'dit', 'text'"):
+        get_preset("tiny").replace(refiner=RefinerConfig(width=8, prompt_view="pooled"))

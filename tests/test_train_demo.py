@@ -55,7 +55,7 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # a single STLE step (15 s of share, trial steps of several seconds).
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "60",
             "--latent-samples", "8", "--refiner-width", "4", "--refiner-grade-knots", "33",
-            "--refine-rounds", "1", "--refine-steps", "3", "--no-eval"]
+            "--refiner-prompt-view", "text", "--refine-rounds", "1", "--refine-steps", "3", "--no-eval"]
     assert train_demo.main(argv) == 0
     refine = json.loads((out / "refine" / "stage.json").read_text())
     assert (refine["steps"], refine["pairs"]) == (3, 78)  # one round of the train split
@@ -78,7 +78,7 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     exported = load_checkpoint(export)
     distilled = load_checkpoint(out / "refine" / "model.safetensors")
     assert exported.config == distilled.config and exported.config.refiner.width == 4
-    assert exported.config.refiner.grade_knots == 33
+    assert (exported.config.refiner.grade_knots, exported.config.refiner.prompt_view) == (33, "text")
     # The refine stage added a fitted refiner (its output layer starts at zero) and changed nothing else.
     student = load_checkpoint(out / "distill" / "model.safetensors")
     assert student.refiner is None

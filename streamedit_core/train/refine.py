@@ -5,7 +5,7 @@ benchmark-style pairs of the train split (train photos, train wordings; never va
 test) exactly as it streams at inference (6 steps, history window), and the refiner is fitted
 to map (its output, the source) to the ground-truth edit under the prompt, in pixels. The
 DiT, the STLE and the prompt pooling stay frozen: a refiner that reads the prompt
-(`RefinerConfig.prompt`) reads the DiT's pooled vector.
+(`RefinerConfig.prompt`) reads its view of it (`StreamEditModel.refiner_prompt`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ TEMPORAL_WEIGHT = 2.0
 
 @dataclass
 class RefinerData:
-    """Pairs as frames [P, T, 3, H, W] in [0, 1] and the DiT's pooled prompts [P, D]."""
+    """Pairs as frames [P, T, 3, H, W] in [0, 1] and the refiner's view of their prompts [P, D]."""
     output: Tensor  # the model's streamed output (without a refiner)
     source: Tensor
     target: Tensor
@@ -44,9 +44,7 @@ def refiner_data(model, text_encoder, pairs) -> RefinerData:
         outputs = [edit_stream(model, text_encoder, p) for p in pairs]
     finally:
         model.refiner = refiner
-    dtype = next(model.dit.parameters()).dtype
-    pooled = torch.cat([model.dit.pool_text(text_encoder.encode([p.prompt]).to(model.device, dtype)).float()
-                        for p in pairs])
+    pooled = torch.cat([model.refiner_prompt(text_encoder.encode([p.prompt])).float() for p in pairs])
 
     def frames(clips: list[Tensor]) -> Tensor:  # [T, H, W, 3] each -> [P, T, 3, H, W]
         return torch.stack([c.float().cpu() for c in clips]).permute(0, 1, 4, 2, 3).contiguous()
