@@ -114,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refiner-grade-knots", type=int, default=GRADE_KNOTS,
                    help=f"knots of the tone curves of the refiner's colour grade (default {GRADE_KNOTS}; 0: no grade)")
     p.add_argument("--refiner-prompt-view", choices=REFINER_PROMPT_VIEWS, default=PROMPT_VIEW,
-                   help=f"what the refiner reads of the prompt: the DiT's pooled vector (dit) or the text "
-                        f"members' token means (text) (default {PROMPT_VIEW})")
+                   help=f"what the refiner reads of the prompt: the DiT's pooled vector (dit), the text "
+                        f"members' token means (text) or both (default {PROMPT_VIEW})")
     p.add_argument("--refine-rounds", type=int, default=REFINE_ROUNDS,
                    help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
     p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,

@@ -14,7 +14,7 @@ from typing import Any
 
 TEXT_KINDS = ("t5", "byt5", "clip", "sentence")
 ATTENTION_BACKENDS = ("dense", "window", "dsa")
-REFINER_PROMPT_VIEWS = ("dit", "text")  # RefinerConfig.prompt_view
+REFINER_PROMPT_VIEWS = ("dit", "text", "both")  # RefinerConfig.prompt_view
 # What the DiT's output layer predicts (the model always returns the velocity):
 # velocity: v directly. source_residual: the clean latent as source + residual, v = (x_t - x0) / t,
 # so the untrained model already edits nothing (x0 = source), and small edits are small outputs.
@@ -122,11 +122,12 @@ class RefinerConfig:
     # edit more strongly than the DiT did (with it, "apply a mosaic effect", which MiniLM puts
     # near line art, became a sketch: docs/demo-model.md, The pixel refiner).
     prompt: bool = True
-    # Which view of the prompt it reads: "dit", the DiT's pooled vector (hidden_size), or
+    # Which view of the prompt it reads: "dit", the DiT's pooled vector (hidden_size);
     # "text", each text member's mean over its real tokens, concatenated (the sentence
     # embedding MiniLM was trained for). The DiT's pooling is fitted to the train wordings
     # only, and puts some unseen ones far from their family ("give it a deep blue hue" nearer
-    # sepia); the members' own means keep them near (docs/demo-model.md).
+    # sepia); the members' own means keep them near (docs/demo-model.md). "both": the two
+    # side by side, each layer-normed.
     prompt_view: str = "dit"
     # Knots of the tone curves of its colour grade (0 = no grade; needs `prompt`): from the
     # prompt, a colour matrix and then one piecewise-linear curve per channel, applied to the

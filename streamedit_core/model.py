@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from torch import Tensor
 
@@ -24,8 +25,9 @@ class StreamEditModel(nn.Module):
         self.config = config
         self.stle = STLE(config.stle, device=device, dtype=dtype, operations=operations)
         self.dit = StreamEditDiT(config.dit, device=device, dtype=dtype, operations=operations)
-        text_dim = (config.dit.hidden_size if config.refiner.prompt_view == "dit"
-                    else sum(m.dim for m in config.dit.text_members))
+        view, members = config.refiner.prompt_view, sum(m.dim for m in config.dit.text_members)
+        hidden = config.dit.hidden_size
+        text_dim = {"dit": hidden, "text": members, "both": hidden + members}[view]
         self.refiner = (PixelRefiner(config.refiner, text_dim, ops=operations, device=device, dtype=dtype)
                         if config.refiner.width else None)
 
@@ -65,12 +67,16 @@ class StreamEditModel(nn.Module):
 
     def refiner_prompt(self, text: TextEmbedding) -> Tensor:
         """What a refiner that reads the prompt sees of it (`RefinerConfig.prompt_view`):
-        [B, hidden_size], the DiT's pooled vector, or [B, sum of member sizes], the members'
-        token means side by side."""
+        [B, hidden_size], the DiT's pooled vector; [B, sum of member sizes], the members'
+        token means side by side; or both, each part layer-normed (the refiner normalises
+        what it reads as a whole, which would let the part of larger scale drown the other)."""
         text = text.to(self.device, next(self.refiner.parameters()).dtype)
-        if self.config.refiner.prompt_view == "dit":
-            return self.dit.pool_text(text)
-        return torch.cat(text.token_means(), -1)
+        view = self.config.refiner.prompt_view
+        parts = ([self.dit.pool_text(text)] if view in ("dit", "both") else []) + \
+                ([torch.cat(text.token_means(), -1)] if view in ("text", "both") else [])
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([F.layer_norm(x, x.shape[-1:]) for x in parts], -1)
 
     @property
     def device(self) -> torch.device:

@@ -239,19 +239,31 @@ def test_prompt_noise_changes_the_fit_not_the_start(tiny_model):
     assert fit(0.5) == noisy
 
 
-TEXT_VIEW = RefinerConfig(width=8, film_hidden=16, grade_knots=5, prompt_view="text")
+def _text_view(view: str) -> RefinerConfig:
+    return RefinerConfig(width=8, film_hidden=16, grade_knots=5, prompt_view=view)
 
 
-def test_a_refiner_on_the_text_view_reads_the_members_token_means(fake_text, tmp_path):
+@pytest.mark.parametrize("view", ["text", "both"])
+def test_a_refiner_on_the_text_view_reads_the_members_token_means(view, fake_text, tmp_path):
     """prompt_view "text": the refiner's prompt is the members' mean over real tokens, not the
-    DiT's pooling; an untrained one is still the identity, and a trained one reads its prompt
-    and survives a checkpoint."""
+    DiT's pooling ("both": the DiT's pooled vector beside it, each part layer-normed); an
+    untrained one is still the identity, and a trained one reads its prompt and survives a
+    checkpoint."""
     base = make_live_tiny_model()
-    model = with_refiner(base, TEXT_VIEW)
+    model = with_refiner(base, _text_view(view))
     members = base.config.dit.text_members
-    assert model.refiner.film[0].in_features == sum(m.dim for m in members)
+    means = torch.cat(fake_text.encode(["make it red"]).token_means(), -1)
     emb = fake_text.encode(["make it red"])
-    assert torch.equal(model.refiner_prompt(emb), torch.cat(emb.token_means(), -1))
+    if view == "text":
+        assert model.refiner.film[0].in_features == sum(m.dim for m in members)
+        assert torch.equal(model.refiner_prompt(emb), means)
+    else:
+        hidden = base.config.dit.hidden_size
+        assert model.refiner.film[0].in_features == hidden + sum(m.dim for m in members)
+        seen = model.refiner_prompt(emb)
+        norm = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:])  # noqa: E731
+        torch.testing.assert_close(seen[:, hidden:], norm(means))
+        torch.testing.assert_close(seen[:, :hidden], norm(model.dit.pool_text(emb)))
     clip = _clip()
     assert torch.equal(_edit(model, fake_text, clip), _edit(base, fake_text, clip))
     g = torch.Generator().manual_seed(9)
@@ -263,11 +275,11 @@ def test_a_refiner_on_the_text_view_reads_the_members_token_means(fake_text, tmp
     assert (red - blue).abs().max() > 1e-3
     save_checkpoint(model, tmp_path / "m.safetensors")
     loaded = load_checkpoint(tmp_path / "m.safetensors")
-    assert loaded.config.refiner == TEXT_VIEW
+    assert loaded.config.refiner == _text_view(view)
     _assert_same_model(loaded, model, fake_text, clip, expected=red)
 
 
 def test_prompt_view_errors():
     from streamedit_core.config import get_preset
-    with pytest.raises(ValueError, match="prompt_view='pooled'.*'dit', 'text'"):
+    with pytest.raises(ValueError, match="prompt_view='pooled'.*'dit', 'text', 'both'"):
         get_preset("tiny").replace(refiner=RefinerConfig(width=8, prompt_view="pooled"))

@@ -65,7 +65,7 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     pooled flicker: 1.20 without the term and 1.10 with a weight of 2 in probes on run 18's
     outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner).
     `prompt_noise` adds Gaussian noise of that many times the prompt's RMS to each pair's
-    pooled prompt (0: none; not yet measured on the demo model)."""
+    pooled prompt (0: none; 0.3 on the demo model: no net gain on test, docs/demo-model.md)."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
     if temporal_weight < 0 or prompt_noise < 0:
