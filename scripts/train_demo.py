@@ -72,6 +72,9 @@ REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 GRADE_KNOTS = 0
 # Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
 PROMPT_VIEW = "dit"
+# The refiner's AdamW learning rate (cosine schedule): 2e-3 in run 21; the "both" view diverged at
+# 2e-3 and trained at 5e-4 in the 2026-12-04 probes (docs/demo-model.md).
+REFINE_LR = 2e-3
 # The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
 # the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
 BUDGET_MINUTES = 90.0
@@ -120,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"rounds of the train split streamed for the refiner (default {REFINE_ROUNDS})")
     p.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
                    help=f"refiner training steps (default {REFINE_STEPS})")
+    p.add_argument("--refine-lr", type=float, default=REFINE_LR,
+                   help=f"the refiner's AdamW learning rate, cosine-decayed (default {REFINE_LR})")
     p.add_argument("--refine-temporal", type=float, default=TEMPORAL_WEIGHT,
                    help=f"weight of the refiner's frame-to-frame loss term (default {TEMPORAL_WEIGHT})")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -292,7 +297,7 @@ def reuse_stle(run: Path, out: Path) -> None:
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
-               temporal_weight: float) -> Path:
+               temporal_weight: float, lr: float = REFINE_LR) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
     from streamedit_core.eval.benchmark import build_pairs
@@ -306,9 +311,6 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     if not cfg.width:
         log.info("stage refine: no refiner asked (--refiner-width 0): the distilled student is the model")
         return student
-    if rounds < 1 or steps < 1 or temporal_weight < 0:
-        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1 and --refine-temporal >= 0, "
-                         f"got {rounds}, {steps}, {temporal_weight}")
     model = load_checkpoint(student, dtype=torch.float32)
     if model.refiner is not None and model.config.refiner != cfg:
         raise SystemExit(f"stage refine: {student} has a refiner {model.config.refiner}, not the {cfg} asked")
@@ -320,14 +322,14 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     data = refiner_data(model, text, pairs)
     data_s = time.perf_counter() - t0
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
-    losses = train_refiner(model, data, steps, temporal_weight=temporal_weight)
+    losses = train_refiner(model, data, steps, temporal_weight=temporal_weight, lr=lr)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
     summary = {"stage": "refine", "steps": steps, "train_seconds": round(seconds, 1),
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
-               "init": str(student)}
+               "lr": lr, "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
     return path
@@ -448,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         without = " with --refiner-no-prompt" * args.refiner_no_prompt
         raise SystemExit(f"need --refiner-grade-knots 0 (no colour grade) or >= 2 on a refiner that reads the "
                          f"prompt, got {args.refiner_grade_knots}{without}")
+    if (args.refine_rounds < 1 or args.refine_steps < 1 or args.refine_temporal < 0
+            or not args.refine_lr > 0):
+        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0 and "
+                         f"--refine-lr > 0, got {args.refine_rounds}, {args.refine_steps}, "
+                         f"{args.refine_temporal}, {args.refine_lr}")
     if args.threads < 0 or args.budget_minutes <= 0:
         raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
     if args.threads:
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                                 grade_knots=args.refiner_grade_knots if args.refiner_width else 0,
                                 prompt_view=args.refiner_prompt_view)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
-                              args.refine_temporal)
+                              args.refine_temporal, args.refine_lr)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE

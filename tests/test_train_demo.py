@@ -55,10 +55,10 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # a single STLE step (15 s of share, trial steps of several seconds).
     argv = ["--out", str(out), "--config-dir", str(tiny_configs), "--budget-minutes", "60",
             "--latent-samples", "8", "--refiner-width", "4", "--refiner-grade-knots", "33",
-            "--refiner-prompt-view", "text", "--refine-rounds", "1", "--refine-steps", "3", "--no-eval"]
+            "--refiner-prompt-view", "text", "--refine-rounds", "1", "--refine-steps", "3", "--refine-lr", "1e-3", "--no-eval"]
     assert train_demo.main(argv) == 0
     refine = json.loads((out / "refine" / "stage.json").read_text())
-    assert (refine["steps"], refine["pairs"]) == (3, 78)  # one round of the train split
+    assert (refine["steps"], refine["pairs"], refine["lr"]) == (3, 78, 1e-3)  # one round of the train split
     for stage in train_demo.SHARES:
         summary = json.loads((out / stage / "stage.json").read_text())
         assert summary["steps"] == 3  # the config's cap, under a budget that allows more
@@ -265,5 +265,7 @@ def test_bad_input(tmp_path: Path) -> None:
         train_demo.main(["--out", str(tmp_path), "--budget-minutes", "-1"])
     with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 33 with --refiner-no-prompt"):
         train_demo.main(["--out", str(tmp_path), "--refiner-no-prompt", "--refiner-grade-knots", "33"])
+    with pytest.raises(SystemExit, match="--refine-lr > 0, got 5, 3000, 2.0, 0.0"):
+        train_demo.main(["--out", str(tmp_path), "--refine-lr", "0"])
     with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 1"):
         train_demo.main(["--out", str(tmp_path), "--refiner-grade-knots", "1"])
