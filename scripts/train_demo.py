@@ -17,8 +17,11 @@ state (`save_every` in the stage config) with the step count it was planned with
 Between the STLE and the DiT, `--latent-samples` training pairs are encoded once with the
 stage-1 STLE into OUT/latents/ (reused when it has `done.json`); the DiT and distillation
 stages read those instead of running the STLE every step.
-`--stle-from RUN` starts at the DiT stage with the STLE of an earlier run (the STLE recipe has
-not changed, the DiT has): a fresh DiT of the current preset is put next to that STLE.
+`--student-from MODEL` takes stages 1-3 from an exported model (its student, the refiner
+stripped), so `--student-from models/streamedit_demo.safetensors --stages refine` refits the
+shipped model's refiner alone. `--stle-from RUN` starts at the DiT stage with the STLE of an
+earlier run (the STLE recipe has not changed, the DiT has): a fresh DiT of the current preset
+is put next to that STLE.
 The refine stage runs where `--refiner-width` is above 0 (default 32, as the shipped model;
 see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
 `--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7 to
@@ -47,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint  # noqa: E402
 from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
@@ -139,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stle-from", default=None,
                    help="an earlier run folder: reuse its finished STLE stage (with a fresh DiT of "
                         "the current preset) instead of training stage 1")
+    p.add_argument("--student-from", default=None,
+                   help="a model exported by this script (models/streamedit_demo.safetensors): take its "
+                        "distilled student as stages 1-3, so that --stages refine refits only the refiner")
     return p
 
 
@@ -294,6 +300,29 @@ def reuse_stle(run: Path, out: Path) -> None:
     summary["reused_from"] = str(src)
     (dest / "stage.json").write_text(json.dumps(summary, indent=2))
     log.info("stage stle: reused from %s (fresh %s DiT)", src, old.config.name)
+
+
+def reuse_student(model_file: Path, out: Path) -> None:
+    """Stages 1-3 of `out` from a model this script exported (the shipped one): its distilled
+    student (the refiner stripped, fp16 weights cast to fp32) and its stage records, so that
+    `--stages refine` refits only the refiner on the shipped student."""
+    from streamedit_core.model import StreamEditModel
+
+    if not model_file.is_file():
+        raise SystemExit(f"--student-from {model_file}: no such model file")
+    stages = json.loads(read_checkpoint_metadata(model_file).get("stages", "[]"))
+    if [s["stage"] for s in stages][:3] != list(STAGES[:3]):
+        raise SystemExit(f"--student-from {model_file}: not exported by train_demo (its stages are "
+                         f"{[s['stage'] for s in stages]}, expected {list(STAGES[:3])} first)")
+    model = load_checkpoint(model_file, dtype=torch.float32)
+    student = StreamEditModel(model.config.replace(refiner=RefinerConfig()), dtype=torch.float32)
+    student.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")})
+    for summary in stages[:3]:
+        (out / summary["stage"]).mkdir(parents=True, exist_ok=True)
+        (out / summary["stage"] / "stage.json").write_text(
+            json.dumps({**summary, "reused_from": str(model_file)}, indent=2))
+    save_checkpoint(student.eval(), out / "distill" / "model.safetensors")
+    log.info("stages stle, dit, distill: the student of %s", model_file)
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
@@ -467,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result))
         return 0
 
+    if args.student_from and args.stle_from:
+        raise SystemExit("give --student-from or --stle-from, not both")
+    if args.student_from and not (out / "distill" / "stage.json").is_file():
+        reuse_student(Path(args.student_from), out)
     if args.stle_from and not (out / "stle" / "stage.json").is_file():
         reuse_stle(Path(args.stle_from), out)
     asked = [s.strip() for s in args.stages.split(",") if s.strip()]

@@ -108,6 +108,19 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert train_demo.main(argv + ["--stages", "refine"]) == 0
     assert [s["stage"] for s in json.loads(read_checkpoint_metadata(export)["stages"])] == list(train_demo.STAGES)
 
+    # --student-from refits the refiner alone on an exported model's student.
+    again = tmp_path / "again"
+    assert train_demo.main(["--out", str(again), "--student-from", str(export)] + argv[2:]
+                           + ["--stages", "refine", "--refine-lr", "2e-3"]) == 0
+    reused = load_checkpoint(again / "distill" / "model.safetensors", dtype=torch.float32)
+    assert reused.refiner is None
+    assert all(torch.equal(t, exported.state_dict()[k].float()) for k, t in reused.state_dict().items())
+    stages = json.loads(read_checkpoint_metadata(again / train_demo.EXPORT_NAME)["stages"])
+    assert [s["stage"] for s in stages] == list(train_demo.STAGES)
+    assert json.loads((again / "refine" / "stage.json").read_text())["lr"] == 2e-3
+    with pytest.raises(SystemExit, match="--student-from .*: not exported by train_demo"):
+        train_demo.main(["--out", str(tmp_path / "bad"), "--student-from", str(out / "distill" / "model.safetensors")])
+
     # An interrupted stage (no stage.json yet) resumes from its state with its planned steps.
     stle_dir = out / "stle"
     (stle_dir / "stage.json").unlink()
