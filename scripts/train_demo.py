@@ -326,7 +326,7 @@ def reuse_student(model_file: Path, out: Path) -> None:
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
-               temporal_weight: float, lr: float = REFINE_LR) -> Path:
+               temporal_weight: float, lr: float) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
     from streamedit_core.eval.benchmark import build_pairs
@@ -484,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0 and "
                          f"--refine-lr > 0, got {args.refine_rounds}, {args.refine_steps}, "
                          f"{args.refine_temporal}, {args.refine_lr}")
+    if args.student_from and args.stle_from:
+        raise SystemExit("give --student-from or --stle-from, not both")
     if args.threads < 0 or args.budget_minutes <= 0:
         raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
     if args.threads:
@@ -496,8 +498,6 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result))
         return 0
 
-    if args.student_from and args.stle_from:
-        raise SystemExit("give --student-from or --stle-from, not both")
     if args.student_from and not (out / "distill" / "stage.json").is_file():
         reuse_student(Path(args.student_from), out)
     if args.stle_from and not (out / "stle" / "stage.json").is_file():
