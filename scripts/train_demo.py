@@ -70,14 +70,14 @@ SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 # The refiner (streamedit_core/refiner.py): rounds of the benchmark's train split (78 pairs each,
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
 REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
-# The refiner's colour grade (RefinerConfig.grade_knots): off in the shipped recipe (run 21) until a
-# model with it is shipped; 33 (knots 1/32 apart) is what the 2026-12-03 probe used (docs/demo-model.md).
-GRADE_KNOTS = 0
+# The refiner's colour grade (RefinerConfig.grade_knots): per-channel tone curves, knots 1/32 apart.
+# Run 22 (shipped 2026-12-04) has it: test adherence 0.900 against run 21's 0.800 without it.
+GRADE_KNOTS = 33
 # Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
 PROMPT_VIEW = "dit"
-# The refiner's AdamW learning rate (cosine schedule): 2e-3 in run 21; the "both" view diverged at
-# 2e-3 and trained at 5e-4 in the 2026-12-04 probes (docs/demo-model.md).
-REFINE_LR = 2e-3
+# The refiner's AdamW learning rate (cosine schedule): 5e-4 in run 22; run 21 (no grade) used 2e-3,
+# at which the graded refiner and the "both" view diverged in the 2026-12-04 probes (docs/demo-model.md).
+REFINE_LR = 5e-4
 # The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
 # the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
 BUDGET_MINUTES = 90.0
