@@ -76,7 +76,8 @@ GRADE_KNOTS = 33
 # Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
 PROMPT_VIEW = "dit"
 # The refiner's AdamW learning rate (cosine schedule): 5e-4 in run 22; run 21 (no grade) used 2e-3,
-# at which the graded refiner and the "both" view diverged in the 2026-12-04 probes (docs/demo-model.md).
+# at which the graded refiner fitted less closely and the "both" view diverged in the 2026-12-04
+# probes (docs/demo-model.md).
 REFINE_LR = 5e-4
 # The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
 # the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
