@@ -434,6 +434,7 @@ def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> 
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": _hardware(),
         "classifier_validation_accuracy": val_acc,
         "psnr": summary["psnr"], "ssim": summary["ssim"], "adherence": summary["adherence"],
+        "adherence_classified": summary["classified"],  # before the structure check (metrics.py)
         "temporal_coherence": summary["temporal_coherence"], "overall": summary["overall"],
         "flicker": out_flicker, "flicker_ground_truth": gt_flicker,
         "flicker_ratio": out_flicker / max(gt_flicker, 1e-12),

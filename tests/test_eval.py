@@ -223,3 +223,25 @@ def test_runner_methods_give_whole_clips_deterministically(live_tiny_model, mini
     with torch.no_grad():
         direct = live_tiny_model.stle.decode(live_tiny_model.stle.encode(x))[0].permute(1, 2, 3, 0)
     torch.testing.assert_close(round_trip, direct.float())
+
+
+def test_structure_check_withholds_a_vote_for_an_output_that_kept_the_source_outlines(
+        classifier, test_pairs):
+    """Where the edit changes the structure (pixelate, sketch, blur), the classifier's vote counts
+    only if the output's edges agree more with the ground truth's than with the source's: a pale
+    copy of the source is not a mosaic, however its statistics read (run 22's false credits)."""
+    from streamedit_core.eval.runner import score
+
+    clf, _ = classifier
+    checked = 0
+    for p in test_pairs:
+        exact = score(p.target, p, clf)
+        if exact["structure_margin"] is None:  # a colour edit: no check, the vote stands
+            assert exact["adherence"] == exact["classified"], p.name
+            continue
+        checked += 1
+        # the exact edit always takes its own structure (the classifier may still misread it)
+        assert exact["structure_margin"] > 0 and exact["adherence"] == exact["classified"], p.name
+        pale = score(0.4 + 0.6 * p.source, p, clf)  # the source's outlines, washed out
+        assert pale["structure_margin"] < 0 and pale["adherence"] == 0.0, p.name
+    assert checked >= 3  # blur, pixelate and sketch at least

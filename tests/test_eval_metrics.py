@@ -60,6 +60,10 @@ def test_identity_keeps_edges_through_colour_edits_not_blur():
     # identity counts only where the ground truth keeps the structure
     assert M.clip_metrics(1 - x, 1 - x, x)["identity"] == pytest.approx(1.0, abs=1e-4)
     assert M.clip_metrics(blur(x), blur(x), x)["identity"] is None
+    # and the structure margin only where it does not: the exact blur took it, the source did not
+    assert M.clip_metrics(1 - x, 1 - x, x)["structure_margin"] is None
+    assert M.clip_metrics(blur(x), blur(x), x)["structure_margin"] > 0.1
+    assert M.clip_metrics(x, blur(x), x)["structure_margin"] < -0.1
 
 
 def test_temporal_coherence_penalises_flicker_and_shuffling_not_static_error():

@@ -18,8 +18,12 @@ procedural benchmark gives us:
   above 1 it flickers, below 1 it freezes motion. Not a [0, 1] score, so not in Overall Quality.
 - Motion Smoothness: VBench's score with linear interpolation in place of its AMT model:
   1 - mean |middle frame - average of its two neighbours| over every frame triple.
-- Prompt Adherence comes from the edit-family classifier (`classifier.py`), Overall Quality
-  from `overall_quality` below.
+- Structure margin: where the ground-truth edit changes the source's structure (blur,
+  pixelate, sketch, a coarse posterize), how much more the output's edges agree with the
+  ground truth's than with the source's. Prompt Adherence (the edit-family classifier,
+  `classifier.py`) counts a pair only where this margin is positive: the classifier reads
+  statistics, and has credited textures that keep the source's outlines as the asked-for
+  mosaic or sketch (docs/demo-model.md, Run 22). Overall Quality comes from `overall_quality`.
 """
 from __future__ import annotations
 
@@ -201,15 +205,20 @@ def motion_smoothness(output: Tensor) -> float:
 
 # --- one clip, and the summary ------------------------------------------------------------
 def clip_metrics(output: Tensor, target: Tensor, source: Tensor) -> dict[str, float | None]:
-    """Every tensor-only metric of one edited clip. `identity` is None where the ground-truth
-    edit does not keep the source's structure (its own agreement < STRUCTURE_MIN)."""
+    """Every tensor-only metric of one edited clip. Where the ground-truth edit keeps the
+    source's structure (its own agreement >= STRUCTURE_MIN) `identity` is the output's
+    agreement with the source and `structure_margin` is None; where it does not, `identity`
+    is None and `structure_margin` is the output's agreement with the ground truth minus its
+    agreement with the source (> 0: the output took the edit's structure)."""
     output, target = _check_pair(output, target, ("output", "ground truth"))
     _check_pair(output, source, ("output", "source"))
     keeps_structure = structure_agreement(target, source) >= STRUCTURE_MIN
+    with_source = structure_agreement(output, source)
     return {
         "psnr": psnr(output, target),
         "ssim": ssim(output, target),
-        "identity": structure_agreement(output, source) if keeps_structure else None,
+        "identity": with_source if keeps_structure else None,
+        "structure_margin": None if keeps_structure else structure_agreement(output, target) - with_source,
         "temporal_coherence": temporal_coherence(output, target),
         "flicker_ratio": flicker_ratio(output, target),
         "motion_smoothness": motion_smoothness(output),
@@ -225,10 +234,14 @@ def overall_quality(scores: dict[str, float | None]) -> float:
 
 
 def summarize(rows: list[dict]) -> dict[str, float | int | None]:
-    """Mean of every COLUMNS key over the rows that have it (not None), plus `n_<key>` counts."""
+    """Mean of every COLUMNS key over the rows that have it (not None), plus `n_<key>` counts
+    and `classified`, the classifier's adherence before the structure check."""
     out: dict[str, float | int | None] = {}
     for key, _ in COLUMNS:
         vals = [float(r[key]) for r in rows if r.get(key) is not None]
         out[key] = sum(vals) / len(vals) if vals else None
         out[f"n_{key}"] = len(vals)
+    # The classifier's votes before the structure check, to show what the check took away.
+    votes = [float(r["classified"]) for r in rows if r.get("classified") is not None]
+    out["classified"] = sum(votes) / len(votes) if votes else None
     return out

@@ -45,6 +45,12 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join([head, rule, *rows]) + "\n"
 
 
+def _predicted(row: dict[str, Any]) -> str:
+    """The classifier's class, marked where the structure check withheld its vote."""
+    withheld = row.get("classified", row["adherence"]) > row["adherence"]
+    return f"{row['predicted']} (kept the source's structure)" if withheld else row["predicted"]
+
+
 def write_markdown(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """The summary table, then a per-pair table of the first method."""
     path = Path(path)
@@ -58,7 +64,7 @@ def write_markdown(result: dict[str, Any], path: str | os.PathLike) -> Path:
         lines += [f"## Pairs: {method}", "",
                   "| pair | family | prompt | predicted | " + " | ".join(h for _, h in COLUMNS) + " |",
                   "|---|---|---|---|" + "---:|" * len(COLUMNS)]
-        lines += [f"| {r['pair']} | {r['family']} | {r['prompt']} | {r['predicted']} | "
+        lines += [f"| {r['pair']} | {r['family']} | {r['prompt']} | {_predicted(r)} | "
                   + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
         lines.append("")
     return write_atomic(path, "\n".join(lines))

@@ -66,12 +66,16 @@ def _stle_input(model, clip: Tensor) -> Tensor:
 
 
 def score(output: Tensor, pair: Pair, classifier: EditClassifier) -> dict[str, Any]:
-    """Every metric of one output (see metrics.py and classifier.py), plus the pair's names."""
+    """Every metric of one output (see metrics.py and classifier.py), plus the pair's names.
+    Adherence is the classifier's vote (`classified`), withheld where the edit changes the
+    source's structure and the output did not take it (`structure_margin` <= 0)."""
     row: dict[str, Any] = {"pair": pair.name, "family": pair.family, "prompt": pair.prompt,
                            "origin": pair.origin}
     row.update(clip_metrics(output, pair.target, pair.source))
-    row["adherence"], row["predicted"], row["adherence_prob"] = classifier.adherence(
+    row["classified"], row["predicted"], row["adherence_prob"] = classifier.adherence(
         output, pair.source, pair.family)
+    took_structure = row["structure_margin"] is None or row["structure_margin"] > 0
+    row["adherence"] = row["classified"] if took_structure else 0.0
     row["overall"] = overall_quality(row)
     return row
 
