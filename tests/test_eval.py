@@ -170,10 +170,12 @@ def test_eval_cli_with_a_tiny_random_model(tmp_path, classifier):
         for r in rows:
             assert 0 < r["psnr"] < M.PSNR_CAP and -1 <= r["ssim"] <= 1
             assert r["adherence"] in (0.0, 1.0) and r["predicted"] in result["classifier"]["classes"]
+            assert r["adherence"] <= r["classified"]  # the structure check only withholds votes
             assert 0 <= r["temporal_coherence"] <= 1 and 0 <= r["motion_smoothness"] <= 1
             assert r["overall"] == pytest.approx(M.overall_quality(r))
         s = result["summary"][method]
         assert s["psnr"] == pytest.approx(sum(r["psnr"] for r in rows) / 2)
+        assert s["classified"] == pytest.approx(sum(r["classified"] for r in rows) / 2)
     assert result["classifier"]["validation_accuracy"] == classifier[1]
     md = (out / "eval.md").read_text()
     assert "| ours | 2 |" in md and "| per-frame | 2 |" in md and "Temporal Coherence" in md
