@@ -71,8 +71,9 @@ SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
 REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 # The refiner's colour grade (RefinerConfig.grade_knots): per-channel tone curves, knots 1/32 apart.
-# Run 22 (shipped 2026-12-04) has it: test adherence 0.900 by the classifier (0.850 without its 3
-# false mosaic credits) against run 21's 0.800 without it; posterize 4/4 against 1/4.
+# Run 22 (shipped 2026-12-04) has it: test adherence 0.850 with eval's structure check (0.900 by the
+# classifier alone, 3 of its votes false mosaics) against run 21's 0.800 without it; posterize 4/4
+# against 1/4.
 GRADE_KNOTS = 33
 # Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
 PROMPT_VIEW = "dit"

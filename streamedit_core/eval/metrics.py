@@ -238,10 +238,13 @@ def summarize(rows: list[dict]) -> dict[str, float | int | None]:
     and `classified`, the classifier's adherence before the structure check."""
     out: dict[str, float | int | None] = {}
     for key, _ in COLUMNS:
-        vals = [float(r[key]) for r in rows if r.get(key) is not None]
-        out[key] = sum(vals) / len(vals) if vals else None
-        out[f"n_{key}"] = len(vals)
+        out[key], out[f"n_{key}"] = _mean(rows, key)
     # The classifier's votes before the structure check, to show what the check took away.
-    votes = [float(r["classified"]) for r in rows if r.get("classified") is not None]
-    out["classified"] = sum(votes) / len(votes) if votes else None
+    out["classified"], _ = _mean(rows, "classified")
     return out
+
+
+def _mean(rows: list[dict], key: str) -> tuple[float | None, int]:
+    """(mean of `key` over the rows that have it, not None, or None if none do; their count)."""
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return (sum(vals) / len(vals) if vals else None), len(vals)
