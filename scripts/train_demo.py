@@ -26,7 +26,9 @@ The refine stage runs where `--refiner-width` is above 0 (default 32, as the shi
 see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
 `--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7 to
 5.4 minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 14
-minutes there). `--refiner-width 0` exports the distilled student itself.
+minutes there). `--refiner-width 0` exports the distilled student itself. `--refine-underexposed`
+adds an underexposed copy of each pair of the families the DiT sees dimmed (off by default: run
+24 tried it, see docs/demo-model.md, Run 24).
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
@@ -54,6 +56,7 @@ from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata
 from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
+from streamedit_core.train.synthetic import FAMILIES  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
@@ -71,9 +74,9 @@ SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
 REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 # The refiner's colour grade (RefinerConfig.grade_knots): per-channel tone curves, knots 1/32 apart.
-# Run 22 (shipped 2026-12-04) has it: test adherence 0.850 with eval's structure check (0.900 by the
-# classifier alone, 3 of its votes false mosaics) against run 21's 0.800 without it; posterize 4/4
-# against 1/4.
+# Run 22 (shipped 2026-12-04) has it: test adherence 0.817 by eval's MLP classifier and structure
+# check (the logistic regression before it: 0.850) against run 21's 0.800 without it; posterize
+# 4/4 against 1/4.
 GRADE_KNOTS = 33
 # Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
 PROMPT_VIEW = "dit"
@@ -131,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"refiner training steps (default {REFINE_STEPS})")
     p.add_argument("--refine-lr", type=float, default=REFINE_LR,
                    help=f"the refiner's AdamW learning rate, cosine-decayed (default {REFINE_LR})")
+    p.add_argument("--refine-underexposed", action=argparse.BooleanOptionalAction, default=False,
+                   help="also fit the refiner on an underexposed copy of every pair whose edit the DiT "
+                        "sees on dimmed clips (dit.json's underexposed_families)")
     p.add_argument("--refine-temporal", type=float, default=TEMPORAL_WEIGHT,
                    help=f"weight of the refiner's frame-to-frame loss term (default {TEMPORAL_WEIGHT})")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -329,10 +335,11 @@ def reuse_student(model_file: Path, out: Path) -> None:
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
-               temporal_weight: float, lr: float) -> Path:
+               temporal_weight: float, lr: float, dimmed: frozenset[str] = frozenset()) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
-    streamedit_core/train/refine.py); the student itself where cfg.width is 0."""
-    from streamedit_core.eval.benchmark import build_pairs
+    streamedit_core/train/refine.py); the student itself where cfg.width is 0. Pairs of the
+    families in `dimmed` are also fitted as underexposed copies (`benchmark.underexposed_copies`)."""
+    from streamedit_core.eval.benchmark import build_pairs, underexposed_copies
     from streamedit_core.text import TextEnsemble
     from streamedit_core.train.refine import refiner_data, train_refiner, with_refiner
 
@@ -351,6 +358,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     text = TextEnsemble.minilm(max_tokens=member.max_tokens)
     t0 = time.perf_counter()
     pairs = build_pairs("train", rounds=rounds)
+    pairs += underexposed_copies([p for p in pairs if p.family in dimmed])
     data = refiner_data(model, text, pairs)
     data_s = time.perf_counter() - t0
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
@@ -361,7 +369,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     summary = {"stage": "refine", "steps": steps, "train_seconds": round(seconds, 1),
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
-               "lr": lr, "init": str(student)}
+               "lr": lr, "underexposed_families": sorted(dimmed), "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
     return path
@@ -528,8 +536,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt,
                                 grade_knots=args.refiner_grade_knots if args.refiner_width else 0,
                                 prompt_view=args.refiner_prompt_view)
+            dimmed = frozenset()
+            if args.refine_underexposed:
+                dit_data = TrainConfig.from_file(Path(args.config_dir) / "dit.json").data
+                dimmed = frozenset(dit_data.underexposed_families or FAMILIES)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
-                              args.refine_temporal, args.refine_lr)
+                              args.refine_temporal, args.refine_lr, dimmed)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata
+from streamedit_core.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,13 +112,19 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # --student-from refits the refiner alone on an exported model's student.
     again = tmp_path / "again"
     assert train_demo.main(["--out", str(again), "--student-from", str(export)] + argv[2:]
-                           + ["--stages", "refine", "--refine-lr", "2e-3"]) == 0
+                           + ["--stages", "refine", "--refine-lr", "2e-3", "--refine-underexposed"]) == 0
     reused = load_checkpoint(again / "distill" / "model.safetensors", dtype=torch.float32)
     assert reused.refiner is None
     assert all(torch.equal(t, exported.state_dict()[k].float()) for k, t in reused.state_dict().items())
     stages = json.loads(read_checkpoint_metadata(again / train_demo.EXPORT_NAME)["stages"])
     assert [s["stage"] for s in stages] == list(train_demo.STAGES)
-    assert json.loads((again / "refine" / "stage.json").read_text())["lr"] == 2e-3
+    refit = json.loads((again / "refine" / "stage.json").read_text())
+    assert refit["lr"] == 2e-3
+    # --refine-underexposed: an underexposed copy of each pair of the families the DiT dims
+    dimmed = TrainConfig.from_file(tiny_configs / "dit.json").data.underexposed_families
+    assert dimmed and refit["underexposed_families"] == sorted(dimmed)
+    assert refit["pairs"] == 78 + 6 * len(dimmed)  # 6 train photos, one pair each per family
+    assert refine["underexposed_families"] == []
     with pytest.raises(SystemExit, match="--student-from .*: not exported by train_demo"):
         train_demo.main(["--out", str(tmp_path / "bad"), "--student-from", str(out / "distill" / "model.safetensors")])
 
@@ -146,7 +153,7 @@ def test_no_refiner_exports_the_student(tiny_configs: Path, tmp_path: Path) -> N
 
 
 def test_retimer_fits_the_step_count_to_the_measured_pace(tmp_path: Path, monkeypatch) -> None:
-    from streamedit_core.train.config import DataConfig, TrainConfig
+    from streamedit_core.train.config import DataConfig
     from streamedit_core.train.trainer import Trainer
 
     monkeypatch.setattr(train_demo, "RETIME_FROM", 1)
