@@ -16,9 +16,9 @@ artefacts were added (`benchmark.lossy_copy`). A linear score cannot say "the co
 family's matrix" when one coefficient ranges from -1 (invert) to 1.35 (brighter), and the hue
 histogram of a dim clip is noise. The change was chosen on the training photos alone, leaving
 each of the six out in turn and scoring its edits exactly and as a fresh lossy copy: logistic
-regression 0.909 exact / 0.818 lossy; an MLP of 32 units 0.935 / 0.853; the MLP without the hue histogram
-0.956 / 0.939 (16 units; 32 and 64: 0.954 / 0.927, 0.952 / 0.927).
-"""
+regression 0.909 exact / 0.818 lossy; an MLP of 32 units 0.935 / 0.853; the MLP without the hue
+histogram 0.956 / 0.939 (16 units; 32 and 64: 0.954 / 0.927, 0.952 / 0.927). See
+docs/demo-model.md, "The classifier as an MLP"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
