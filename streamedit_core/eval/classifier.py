@@ -36,25 +36,11 @@ RIDGE = 1e-3  # colour-map ridge on chroma, per pixel: chroma varying less than 
 HIDDEN = 16  # hidden units of the classifier
 
 
-def rgb_to_hsv(x: Tensor) -> Tensor:
-    """[..., 3] RGB in [0, 1] -> [..., 3] HSV, hue in [0, 1) (0 = red), S and V in [0, 1]."""
-    r, g, b = x.unbind(-1)
-    v, _ = x.max(-1)
-    c = v - x.min(-1).values  # chroma
-    s = torch.where(v > 0, c / v.clamp_min(1e-8), torch.zeros_like(v))
-    safe = c.clamp_min(1e-8)
-    h = torch.where(v == r, ((g - b) / safe) % 6,
-                    torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    h = torch.where(c > 0, h / 6, torch.zeros_like(h))
-    return torch.stack([h % 1.0, s, v], -1)
-
-
-def _histogram(values: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
-    """values [N, P] in [0, 1] -> normalised histograms [N, bins] (weighted if given)."""
+def _histogram(values: Tensor, bins: int) -> Tensor:
+    """values [N, P] in [0, 1] -> normalised histograms [N, bins]."""
     idx = (values * bins).long().clamp(0, bins - 1)
-    w = torch.ones_like(values) if weights is None else weights
     hist = torch.zeros(values.shape[0], bins, dtype=values.dtype, device=values.device)
-    hist.scatter_add_(1, idx, w)
+    hist.scatter_add_(1, idx, torch.ones_like(values))
     return hist / hist.sum(1, keepdim=True).clamp_min(1e-8)
 
 
@@ -103,7 +89,9 @@ def _colour(x: Tensor) -> Tensor:
     noisy pixels of a dim or grey clip, and a decoder's faint noise moved it more than a warm
     tint did (see `EditClassifier`); hue changes are in the colour map."""
     n = x.shape[0]
-    _, s, v = rgb_to_hsv(x).reshape(n, -1, 3).unbind(-1)
+    rgb = x.reshape(n, -1, 3)
+    v = rgb.amax(-1)  # HSV value and saturation
+    s = torch.where(v > 0, (v - rgb.amin(-1)) / v.clamp_min(1e-8), torch.zeros_like(v))
     y = luma(x).reshape(n, -1)
     return torch.stack([s.mean(1), v.mean(1), y.mean(1), y.std(1)], dim=1)
 
