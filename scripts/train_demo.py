@@ -538,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             dimmed = frozenset()
             if args.refine_underexposed:
                 dit_data = TrainConfig.from_file(Path(args.config_dir) / "dit.json").data
-                dimmed = frozenset(dit_data.underexposed_families or FAMILIES)
+                families = dit_data.underexposed_families  # None: every family, as the DiT's data reads it
+                if dit_data.underexposed_fraction > 0:
+                    dimmed = frozenset(FAMILIES if families is None else families)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
                               args.refine_temporal, args.refine_lr, dimmed)
             continue
