@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-underexposed", action=argparse.BooleanOptionalAction, default=False,
                    help="also fit the refiner on an underexposed copy of every pair whose edit the DiT "
                         "sees on dimmed clips (dit.json's underexposed_families)")
+    p.add_argument("--refine-wording-swap", type=float, default=0.0,
+                   help="chance that a pair is read, in a refiner step, under another train wording of its "
+                        "edit (with filler variants) instead of its own (default 0)")
     p.add_argument("--refine-temporal", type=float, default=TEMPORAL_WEIGHT,
                    help=f"weight of the refiner's frame-to-frame loss term (default {TEMPORAL_WEIGHT})")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -334,13 +337,15 @@ def reuse_student(model_file: Path, out: Path) -> None:
 
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
-               temporal_weight: float, lr: float, dimmed: frozenset[str] = frozenset()) -> Path:
+               temporal_weight: float, lr: float, dimmed: frozenset[str] = frozenset(),
+               wording_swap: float = 0.0) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0. Pairs of the
-    families in `dimmed` are also fitted as underexposed copies (`benchmark.underexposed_copies`)."""
+    families in `dimmed` are also fitted as underexposed copies (`benchmark.underexposed_copies`);
+    with `wording_swap`, pairs are also read under the other train wordings of their edit."""
     from streamedit_core.eval.benchmark import build_pairs, underexposed_copies
     from streamedit_core.text import TextEnsemble
-    from streamedit_core.train.refine import refiner_data, train_refiner, with_refiner
+    from streamedit_core.train.refine import family_wordings, refiner_data, train_refiner, with_refiner
 
     summary_path, path = out / "stage.json", out / "model.safetensors"
     if summary_path.is_file():
@@ -358,17 +363,19 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     t0 = time.perf_counter()
     pairs = build_pairs("train", rounds=rounds)
     pairs += underexposed_copies([p for p in pairs if p.family in dimmed])
-    data = refiner_data(model, text, pairs)
+    wordings = family_wordings(sorted({p.family for p in pairs})) if wording_swap else None
+    data = refiner_data(model, text, pairs, wordings)
     data_s = time.perf_counter() - t0
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
-    losses = train_refiner(model, data, steps, temporal_weight=temporal_weight, lr=lr)
+    losses = train_refiner(model, data, steps, temporal_weight=temporal_weight, lr=lr, wording_swap=wording_swap)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
     summary = {"stage": "refine", "steps": steps, "train_seconds": round(seconds, 1),
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
-               "lr": lr, "underexposed_families": sorted(dimmed), "init": str(student)}
+               "lr": lr, "underexposed_families": sorted(dimmed), "wording_swap": wording_swap,
+               "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
     return path
@@ -491,10 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"need --refiner-grade-knots 0 (no colour grade) or >= 2 on a refiner that reads the "
                          f"prompt, got {args.refiner_grade_knots}{without}")
     if (args.refine_rounds < 1 or args.refine_steps < 1 or args.refine_temporal < 0
-            or not args.refine_lr > 0):
-        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0 and "
-                         f"--refine-lr > 0, got {args.refine_rounds}, {args.refine_steps}, "
-                         f"{args.refine_temporal}, {args.refine_lr}")
+            or not args.refine_lr > 0 or not 0 <= args.refine_wording_swap <= 1):
+        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0, "
+                         f"--refine-lr > 0 and --refine-wording-swap in [0, 1], got {args.refine_rounds}, "
+                         f"{args.refine_steps}, {args.refine_temporal}, {args.refine_lr}, {args.refine_wording_swap}")
     if args.student_from and args.stle_from:
         raise SystemExit("give --student-from or --stle-from, not both")
     if args.threads < 0 or args.budget_minutes <= 0:
@@ -542,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                 if dit_data.underexposed_fraction > 0:
                     dimmed = frozenset(FAMILIES if families is None else families)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
-                              args.refine_temporal, args.refine_lr, dimmed)
+                              args.refine_temporal, args.refine_lr, dimmed, args.refine_wording_swap)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE

@@ -283,3 +283,46 @@ def test_prompt_view_errors():
     from streamedit_core.config import get_preset
     with pytest.raises(ValueError, match="prompt_view='pooled'.*'dit', 'text', 'both'"):
         get_preset("tiny").replace(refiner=RefinerConfig(width=8, prompt_view="pooled"))
+
+
+def test_wording_swap_reads_other_wordings_of_the_pairs_edit(tiny_model):
+    """wording_swap 1: every step reads each pair under a wording of its own family's bank, never
+    its own nor another family's; 0 is the plain fit, bit for bit, and needs no bank."""
+    d = tiny_model.config.dit.hidden_size
+    src = torch.rand(4, 3, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    own = torch.zeros(4, d)
+    banks = (torch.full((5, d), 1.0), torch.full((3, d), -1.0))
+    family = torch.tensor([0, 1, 0, 1])
+    data = RefinerData(src, src, 1 - src, own, banks, family)
+    seen = []
+
+    def fit(swap, data=data):
+        torch.manual_seed(0)
+        model = with_refiner(tiny_model, SMALL)
+        model.refiner.register_forward_pre_hook(lambda m, args: seen.append((args[0].shape[0], args[2].clone())))
+        return train_refiner(model, data, 6, pairs_per_step=2, frames_per_pair=2, wording_swap=swap, log_every=0)
+
+    fit(1.0)
+    assert len(seen) == 6
+    for _, pooled in seen:
+        assert pooled.abs().min() == 1  # a bank row, never the pair's own (zero) wording
+    seen.clear()
+    plain = fit(0.0)
+    assert all(p.abs().max() == 0 for _, p in seen)
+    assert plain == fit(0.0, RefinerData(src, src, 1 - src, own))
+    with pytest.raises(ValueError, match="wording_swap"):
+        fit(0.5, RefinerData(src, src, 1 - src, own))
+    with pytest.raises(ValueError, match="wording_swap"):
+        fit(1.5)
+
+
+def test_family_wordings_are_train_wordings_and_their_filler_variants():
+    from streamedit_core.train import synthetic
+    from streamedit_core.train.refine import family_wordings
+    words = family_wordings(["hue_blue", "pixelate"], fillers=2)
+    for family, ws in words.items():
+        base = synthetic.split_paraphrases(family, "train")
+        assert len(ws) == 3 * len(base) and ws[:len(base)] == list(base)
+        held_out = {w for s in ("validation", "test") for w in synthetic.split_paraphrases(family, s)}
+        assert not held_out & set(ws)
+    assert family_wordings(["sepia"], fillers=0)["sepia"] == list(synthetic.split_paraphrases("sepia", "train"))

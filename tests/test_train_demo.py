@@ -285,7 +285,9 @@ def test_bad_input(tmp_path: Path) -> None:
         train_demo.main(["--out", str(tmp_path), "--budget-minutes", "-1"])
     with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 33 with --refiner-no-prompt"):
         train_demo.main(["--out", str(tmp_path), "--refiner-no-prompt", "--refiner-grade-knots", "33"])
-    with pytest.raises(SystemExit, match="--refine-lr > 0, got 5, 3000, 2.0, 0.0"):
+    with pytest.raises(SystemExit, match="--refine-wording-swap in \\[0, 1\\], got 5, 3000, 2.0, 0.0, 0.0"):
         train_demo.main(["--out", str(tmp_path), "--refine-lr", "0"])
+    with pytest.raises(SystemExit, match="got 5, 3000, 2.0, 0.0005, 1.5"):
+        train_demo.main(["--out", str(tmp_path), "--refine-wording-swap", "1.5"])
     with pytest.raises(SystemExit, match="--refiner-grade-knots 0 .* got 1"):
         train_demo.main(["--out", str(tmp_path), "--refiner-grade-knots", "1"])

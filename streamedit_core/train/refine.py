@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import RefinerConfig
+from . import synthetic
+from .fillers import filler_variants
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,35 @@ TEMPORAL_WEIGHT = 2.0
 
 @dataclass
 class RefinerData:
-    """Pairs as frames [P, T, 3, H, W] in [0, 1] and the refiner's view of their prompts [P, D]."""
+    """Pairs as frames [P, T, 3, H, W] in [0, 1] and the refiner's view of their prompts [P, D];
+    optionally the view of other wordings of each pair's edit (see `train_refiner`'s
+    `wording_swap`): `wordings[family[i]]` [W, D] holds those of pair i."""
     output: Tensor  # the model's streamed output (without a refiner)
     source: Tensor
     target: Tensor
     pooled: Tensor
+    wordings: tuple[Tensor, ...] = ()
+    family: Tensor | None = None  # [P] long: each pair's index into `wordings`
+
+
+def family_wordings(families: list[str], fillers: int = 8, seed: int = 0) -> dict[str, list[str]]:
+    """Every train wording of each family, and `fillers` filler variants of each (as the DiT's
+    training reads them, `TrainConfig.filler_variants`): the refiner's pairs carry one wording
+    each, about 30 of a family's 40 train wordings and none of their filler variants."""
+    out = {}
+    for family in families:
+        base = list(synthetic.split_paraphrases(family, "train"))
+        variants = filler_variants(base, fillers, seed) if fillers else {}
+        out[family] = base + [v for p in base for v in variants.get(p, ())]
+    return out
 
 
 @torch.no_grad()
-def refiner_data(model, text_encoder, pairs) -> RefinerData:
-    """Stream every pair through `model` (refiner off) and keep what the refiner learns from."""
+def refiner_data(model, text_encoder, pairs, wordings: dict[str, list[str]] | None = None,
+                 batch: int = 64) -> RefinerData:
+    """Stream every pair through `model` (refiner off) and keep what the refiner learns from;
+    with `wordings` (family -> prompts, e.g. `family_wordings`), also the refiner's view of
+    each of those, for every family that a pair has."""
     from ..eval.runner import edit_stream  # the inference path itself, not a copy of it
     refiner, model.refiner = model.refiner, None
     try:
@@ -49,14 +70,23 @@ def refiner_data(model, text_encoder, pairs) -> RefinerData:
     def frames(clips: list[Tensor]) -> Tensor:  # [T, H, W, 3] each -> [P, T, 3, H, W]
         return torch.stack([c.float().cpu() for c in clips]).permute(0, 1, 4, 2, 3).contiguous()
 
-    return RefinerData(frames(outputs), frames([p.source for p in pairs]),
+    data = RefinerData(frames(outputs), frames([p.source for p in pairs]),
                        frames([p.target for p in pairs]), pooled.cpu())
+    if wordings is not None:
+        names = list(dict.fromkeys(p.family for p in pairs))
+        missing = [f for f in names if not wordings.get(f)]
+        if missing:
+            raise ValueError(f"no wordings given for the pairs' families {missing}")
+        views = tuple(torch.cat([model.refiner_prompt(text_encoder.encode(ws[i:i + batch])).float().cpu()
+                                 for i in range(0, len(ws), batch)]) for ws in (wordings[f] for f in names))
+        data.wordings, data.family = views, torch.tensor([names.index(p.family) for p in pairs])
+    return data
 
 
 def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int = 8,
                   frames_per_pair: int = 4, temporal_weight: float = TEMPORAL_WEIGHT,
-                  prompt_noise: float = 0.0, lr: float = 2e-3, seed: int = 0,
-                  log_every: int = 250) -> list[float]:
+                  prompt_noise: float = 0.0, wording_swap: float = 0.0, lr: float = 2e-3,
+                  seed: int = 0, log_every: int = 250) -> list[float]:
     """Fit `model.refiner` to `data` with AdamW and a cosine rate; returns the loss at every
     step. The rest of the model is not touched. Each step sees `frames_per_pair` consecutive
     frames of each pair, and the loss is the pixel MSE plus `temporal_weight` times the MSE of
@@ -65,12 +95,18 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     pooled flicker: 1.20 without the term and 1.10 with a weight of 2 in probes on run 18's
     outputs; 1.25 and 1.18 in runs 20 and 21; see docs/demo-model.md, The pixel refiner).
     `prompt_noise` adds Gaussian noise of that many times the prompt's RMS to each pair's
-    pooled prompt (0: none; 0.3 on the demo model: no net gain on test, docs/demo-model.md)."""
+    pooled prompt (0: none; 0.3 on the demo model: no net gain on test, docs/demo-model.md).
+    `wording_swap` is the chance that a pair is read, in a step, under another wording of its
+    edit drawn from `data.wordings` instead of its own: what the refiner learns of the prompt
+    then comes from every wording of the train split, not from one per pair."""
     if steps < 1:
         raise ValueError(f"refiner steps must be >= 1, got {steps}")
     if temporal_weight < 0 or prompt_noise < 0:
         raise ValueError(f"refiner temporal weight and prompt noise must be >= 0, "
                          f"got {temporal_weight}, {prompt_noise}")
+    if not 0 <= wording_swap <= 1 or (wording_swap and data.family is None):
+        raise ValueError(f"wording_swap must be in [0, 1] and needs data with wordings "
+                         f"(refiner_data(..., wordings=...)), got {wording_swap}")
     if model.refiner is None:
         raise ValueError(f"model {model.config.name!r} has no refiner (refiner width 0); give it one "
                          "with with_refiner() first")
@@ -91,6 +127,12 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
         pooled = None
         if model.config.refiner.prompt:
             pooled = data.pooled[pi[:, 0]]  # [pairs, D]
+            if wording_swap:
+                swap = torch.rand(pairs_per_step, generator=gen) < wording_swap
+                pooled = pooled.clone()
+                for j in swap.nonzero()[:, 0].tolist():
+                    bank = data.wordings[int(data.family[pi[j, 0]])]
+                    pooled[j] = bank[int(torch.randint(len(bank), (), generator=gen))]
             if prompt_noise:
                 # In units of the prompt's RMS, which is what the refiner reads (it normalises it).
                 rms = pooled.pow(2).mean(-1, keepdim=True).sqrt()
