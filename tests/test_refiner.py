@@ -326,3 +326,22 @@ def test_family_wordings_are_train_wordings_and_their_filler_variants():
         held_out = {w for s in ("validation", "test") for w in synthetic.split_paraphrases(family, s)}
         assert not held_out & set(ws)
     assert family_wordings(["sepia"], fillers=0)["sepia"] == list(synthetic.split_paraphrases("sepia", "train"))
+
+
+def test_refiner_data_encodes_each_familys_wordings_as_the_refiner_reads_them():
+    """refiner_data(..., wordings): per family of the pairs (in their order), the refiner's view
+    of each wording, encoded in batches as one by one; each pair points at its own family's."""
+    from streamedit_core.eval.benchmark import build_pairs
+    from streamedit_core.train.refine import family_wordings, refiner_data
+    from streamedit_core.train.textbank import RandomText
+    model = with_refiner(make_live_tiny_model(), SMALL)
+    text = RandomText(model.config.dit.text_members)  # encodes a batch row by row, as a real encoder
+    pairs = build_pairs("train", limit=3, size=16, frames=8)
+    wordings = family_wordings([p.family for p in pairs], fillers=1)
+    data = refiner_data(model, text, pairs, wordings, batch=7)
+    assert data.family.tolist() == [0, 1, 2]
+    for p, bank in zip(pairs, data.wordings):
+        one_by_one = torch.cat([model.refiner_prompt(text.encode([w])) for w in wordings[p.family]])
+        torch.testing.assert_close(bank, one_by_one, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no wordings given"):
+        refiner_data(model, text, pairs, {pairs[0].family: wordings[pairs[0].family]})

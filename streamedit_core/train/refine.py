@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..config import RefinerConfig
 from . import synthetic
+from .config import TrainConfig
 from .fillers import filler_variants
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class RefinerData:
     family: Tensor | None = None  # [P] long: each pair's index into `wordings`
 
 
-def family_wordings(families: list[str], fillers: int = 8, seed: int = 0) -> dict[str, list[str]]:
+def family_wordings(families: list[str], fillers: int = TrainConfig.filler_variants,
+                    seed: int = TrainConfig.seed) -> dict[str, list[str]]:
     """Every train wording of each family, and `fillers` filler variants of each (as the DiT's
     training reads them, `TrainConfig.filler_variants`): the refiner's pairs carry one wording
     each, about 30 of a family's 40 train wordings and none of their filler variants."""
@@ -77,9 +79,12 @@ def refiner_data(model, text_encoder, pairs, wordings: dict[str, list[str]] | No
         missing = [f for f in names if not wordings.get(f)]
         if missing:
             raise ValueError(f"no wordings given for the pairs' families {missing}")
-        views = tuple(torch.cat([model.refiner_prompt(text_encoder.encode(ws[i:i + batch])).float().cpu()
-                                 for i in range(0, len(ws), batch)]) for ws in (wordings[f] for f in names))
-        data.wordings, data.family = views, torch.tensor([names.index(p.family) for p in pairs])
+        def views(ws: list[str]) -> Tensor:  # [W, D], encoded in batches
+            return torch.cat([model.refiner_prompt(text_encoder.encode(ws[i:i + batch])).float().cpu()
+                              for i in range(0, len(ws), batch)])
+
+        data.wordings = tuple(views(wordings[f]) for f in names)
+        data.family = torch.tensor([names.index(p.family) for p in pairs])
     return data
 
 
