@@ -29,6 +29,10 @@ see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it s
 minutes there). `--refiner-width 0` exports the distilled student itself. `--refine-underexposed`
 adds an underexposed copy of each pair of the families the DiT sees dimmed (off by default: run
 24 tried it, see docs/demo-model.md, Run 24).
+The fitted refiner then gets its prompt anchors (`--no-refiner-anchors`: not): it reads the
+nearest family's mean view of the prompt instead of the prompt's own (docs/demo-model.md, Prompt
+anchors). `--add-anchors MODEL` does that step alone on an exported model (how run 22 became
+the shipped run 25) and scores the result.
 
 Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
 wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
@@ -139,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-wording-swap", type=float, default=0.0,
                    help="chance that a pair is read, in a refiner step, under another train wording of its "
                         "edit (with filler variants) instead of its own (default 0)")
+    p.add_argument("--refiner-anchors", action=argparse.BooleanOptionalAction, default=True,
+                   help="give the fitted refiner its prompt anchors: it reads the nearest family's mean view "
+                        "of the prompt instead of the prompt's own (default on; see docs/demo-model.md, Prompt anchors)")
+    p.add_argument("--add-anchors", default=None, metavar="MODEL",
+                   help="only give an exported model's refiner its prompt anchors, write it to --export "
+                        "(default: OUT/%s) and score it (unless --no-eval)" % EXPORT_NAME)
     p.add_argument("--refine-temporal", type=float, default=TEMPORAL_WEIGHT,
                    help=f"weight of the refiner's frame-to-frame loss term (default {TEMPORAL_WEIGHT})")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -338,14 +348,16 @@ def reuse_student(model_file: Path, out: Path) -> None:
 
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
                temporal_weight: float, lr: float, dimmed: frozenset[str] = frozenset(),
-               wording_swap: float = 0.0) -> Path:
+               wording_swap: float = 0.0, anchors: bool = True) -> Path:
     """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
     streamedit_core/train/refine.py); the student itself where cfg.width is 0. Pairs of the
     families in `dimmed` are also fitted as underexposed copies (`benchmark.underexposed_copies`);
-    with `wording_swap`, pairs are also read under the other train wordings of their edit."""
+    with `wording_swap`, pairs are also read under the other train wordings of their edit. With
+    `anchors`, the fitted refiner gets its prompt anchors (`with_prompt_anchors`)."""
     from streamedit_core.eval.benchmark import build_pairs, underexposed_copies
     from streamedit_core.text import TextEnsemble
-    from streamedit_core.train.refine import family_wordings, refiner_data, train_refiner, with_refiner
+    from streamedit_core.train.refine import (family_wordings, refiner_data, train_refiner, with_prompt_anchors,
+                                              with_refiner)
 
     summary_path, path = out / "stage.json", out / "model.safetensors"
     if summary_path.is_file():
@@ -368,6 +380,8 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     data_s = time.perf_counter() - t0
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
     losses = train_refiner(model, data, steps, temporal_weight=temporal_weight, lr=lr, wording_swap=wording_swap)
+    if anchors and cfg.prompt:
+        model = with_prompt_anchors(model, text)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
@@ -375,6 +389,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
                "lr": lr, "underexposed_families": sorted(dimmed), "wording_swap": wording_swap,
+               "anchors": list(model.config.refiner.anchors),
                "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
@@ -394,6 +409,30 @@ def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
     mb = size / 1e6  # decimal MB, as the issue's limit and tests/test_shipped_model.py
     (log.info if mb <= MAX_EXPORT_MB else log.warning)(
         "exported %s: %.2f MB (%.1f MiB; limit for the repo: %.0f MB)", dest, mb, size / 2**20, MAX_EXPORT_MB)
+    return dest
+
+
+def add_anchors(src: Path, dest: Path) -> Path:
+    """`src`, an exported model whose refiner reads the prompt, with its prompt anchors
+    (`with_prompt_anchors`, the refine stage's last step) written to `dest` (which may be
+    `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata."""
+    from streamedit_core.checkpoint import CONFIG_KEY, FORMAT_KEY
+    from streamedit_core.text import TextEnsemble
+    from streamedit_core.train.refine import with_prompt_anchors
+
+    model = load_checkpoint(src)
+    stored = model.dtype
+    if model.refiner is None or not model.config.refiner.prompt:
+        raise SystemExit(f"--add-anchors: {src} has no refiner that reads the prompt (refiner config "
+                         f"{model.config.refiner})")
+    member = model.config.dit.text_members[0]
+    model = with_prompt_anchors(model.float(), TextEnsemble.minilm(max_tokens=member.max_tokens)).to(stored)
+    meta = {k: v for k, v in read_checkpoint_metadata(src).items() if k not in (CONFIG_KEY, FORMAT_KEY)}
+    meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {_hardware()}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, dest, extra_metadata=meta)
+    log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.refiner.anchors), dest,
+             dest.stat().st_size / 1e6)
     return dest
 
 
@@ -515,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(Path(args.eval_checkpoint), out / "eval-checkpoint", args.eval_limit)
         print(markdown(result))
         return 0
+    if args.add_anchors:
+        final = add_anchors(Path(args.add_anchors), Path(args.export) if args.export else out / EXPORT_NAME)
+        if not args.no_eval:
+            print(markdown(evaluate(final, out, args.eval_limit)))
+        return 0
 
     if args.student_from and not (out / "distill" / "stage.json").is_file():
         reuse_student(Path(args.student_from), out)
@@ -549,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                 if dit_data.underexposed_fraction > 0:
                     dimmed = frozenset(FAMILIES if families is None else families)
             init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
-                              args.refine_temporal, args.refine_lr, dimmed, args.refine_wording_swap)
+                              args.refine_temporal, args.refine_lr, dimmed, args.refine_wording_swap,
+                              args.refiner_anchors)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE

@@ -134,6 +134,14 @@ class RefinerConfig:
     # source pixels and blended in by a weight per pixel (refiner.py). Ten of the thirteen
     # edit families are such a grade exactly; a posterize staircase needs knots 1/32 apart.
     grade_knots: int = 0
+    # Prompt anchors (needs `prompt`): names of views the refiner snaps the prompt's own view
+    # to, the nearest as it reads them (layer-normed). Their vectors are the buffer
+    # `PixelRefiner.anchors`, made after training by `train.refine.with_prompt_anchors` (each
+    # family's mean view over its train wordings, and "none", the empty prompt's). The refiner is fitted on the views of train
+    # wordings, and misreads some unseen wordings whose view lies between them: "give it a
+    # deep blue hue", nearest the blue anchor, it read as a cool tint (docs/demo-model.md,
+    # Prompt anchors). Empty: it reads the prompt's own view.
+    anchors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,11 @@ class ModelConfig:
         if self.refiner.grade_knots and (self.refiner.grade_knots < 2 or not self.refiner.prompt):
             raise ValueError(f"refiner grade_knots={self.refiner.grade_knots} must be 0 (no colour grade) or "
                              f">= 2 on a refiner that reads the prompt (prompt={self.refiner.prompt})")
+        anchors = self.refiner.anchors
+        if anchors and (not self.refiner.width or not self.refiner.prompt or len(set(anchors)) != len(anchors)
+                        or not all(isinstance(a, str) and a for a in anchors)):
+            raise ValueError(f"refiner anchors={anchors} must be distinct non-empty names, on a refiner "
+                             f"(width={self.refiner.width}) that reads the prompt (prompt={self.refiner.prompt})")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")

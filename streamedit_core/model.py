@@ -51,7 +51,8 @@ class StreamEditModel(nn.Module):
         if self.refiner is None:
             return edited
         dtype = next(self.refiner.parameters()).dtype
-        pooled = self.refiner_prompt(text) if self.config.refiner.prompt else None  # [B or 1, D]
+        pooled = (self.refiner.read_prompt(self.refiner_prompt(text))  # [B or 1, D]
+                  if self.config.refiner.prompt else None)
         out_px = self.stle.linear_decode(edited)  # [B, 3, F, H, W]
         src_px = self.stle.linear_decode(source)
         b, _, f, h, w = out_px.shape
@@ -69,7 +70,9 @@ class StreamEditModel(nn.Module):
         """What a refiner that reads the prompt sees of it (`RefinerConfig.prompt_view`):
         [B, hidden_size], the DiT's pooled vector; [B, sum of member sizes], the members'
         token means side by side; or both, each part layer-normed (the refiner normalises
-        what it reads as a whole, which would let the part of larger scale drown the other)."""
+        what it reads as a whole, which would let the part of larger scale drown the other).
+        `refine` snaps it to the nearest prompt anchor where the refiner has them
+        (`PixelRefiner.read_prompt`)."""
         text = text.to(self.device, next(self.refiner.parameters()).dtype)
         view = self.config.refiner.prompt_view
         parts = ([self.dit.pool_text(text)] if view in ("dit", "both") else []) + \

@@ -45,10 +45,29 @@ class PixelRefiner(nn.Module):
         # identity) and the change of each channel's curve at its knots from the diagonal.
         self.grade = ops.Linear(cfg.film_hidden, 12 + 3 * self.knots, **kw) if self.knots else None
         self.out = ops.Conv2d(w, outputs, 1, **kw)
+        # The prompt anchors (`RefinerConfig.anchors`), [A, text_dim]: set by
+        # train.refine.with_prompt_anchors, stored in the checkpoint.
+        self.register_buffer("anchors", torch.zeros(len(cfg.anchors), text_dim, **kw) if cfg.anchors else None)
         for layer in (self.film[-1], self.grade, self.out) if self.film is not None else (self.out,):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+
+    def read_prompt(self, view: Tensor) -> Tensor:
+        """The prompt's view [N, D] as the refiner reads it: its nearest anchor
+        (`RefinerConfig.anchors`, `nearest_anchor`), or the view itself on a refiner without."""
+        if self.anchors is None:
+            return view
+        return self.anchors[self.nearest_anchor(view)].to(view.dtype)
+
+    def nearest_anchor(self, view: Tensor) -> Tensor:
+        """[N, D] -> [N] long: the index of each view's nearest anchor, as the refiner sees
+        them: layer-normed (`forward`), so the nearest is the most correlated. An empty
+        prompt whose view is zero is nearest an anchor that is zero, not a tie of them all."""
+        if self.anchors is None:
+            raise ValueError("this refiner has no prompt anchors (RefinerConfig.anchors is empty)")
+        norm = lambda x: F.layer_norm(x.float(), x.shape[-1:])  # noqa: E731
+        return torch.cdist(norm(view), norm(self.anchors)).argmin(-1)  # [N, A] -> [N]
 
     def forward(self, edited: Tensor, source: Tensor, pooled: Tensor | None) -> Tensor:
         """pooled: [N, D], or None for a refiner that does not read the prompt."""

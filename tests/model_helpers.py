@@ -24,7 +24,7 @@ def make_live_tiny_model():
 
 class FakeTextEncoder:
     """A deterministic stand-in for a TextEnsemble (one `sentence` member of `dim` x `tokens`):
-    random token states seeded by the prompt's characters, every token real."""
+    random token states seeded by each prompt's characters, every token real."""
 
     def __init__(self, tokens: int = 16, dim: int = 384) -> None:
         self.tokens, self.dim = tokens, dim
@@ -32,9 +32,9 @@ class FakeTextEncoder:
     def encode(self, prompts):
         from streamedit_core.types import TextEmbedding
         prompts = [prompts] if isinstance(prompts, str) else prompts
-        g = torch.Generator().manual_seed(sum(map(ord, prompts[0])))
-        return TextEmbedding((torch.randn(1, self.tokens, self.dim, generator=g),),
-                             (torch.ones(1, self.tokens, dtype=torch.bool),))
+        rows = [torch.randn(1, self.tokens, self.dim, generator=torch.Generator().manual_seed(sum(map(ord, p))))
+                for p in prompts]
+        return TextEmbedding((torch.cat(rows),), (torch.ones(len(rows), self.tokens, dtype=torch.bool),))
 
     def null(self, batch: int = 1):
         from streamedit_core.types import TextEmbedding

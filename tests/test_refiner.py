@@ -345,3 +345,70 @@ def test_refiner_data_encodes_each_familys_wordings_as_the_refiner_reads_them():
         torch.testing.assert_close(bank, one_by_one, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="no wordings given"):
         refiner_data(model, text, pairs, {pairs[0].family: wordings[pairs[0].family]})
+
+
+def test_prompt_anchors_snap_the_refiners_prompt_to_the_nearest(refined_model, fake_text, tmp_path):
+    """with_prompt_anchors: one anchor per family (the mean view of its train wordings) and one
+    for the empty prompt; the refiner then reads the nearest anchor (after layer norm) instead of
+    the prompt's own view, so wordings near one anchor refine alike, and the empty prompt refines as
+    before. The anchors survive a checkpoint; the rest of the model is untouched."""
+    from streamedit_core.train import synthetic
+    from streamedit_core.train.refine import NO_EDIT, with_prompt_anchors
+    families = ["grayscale", "hue_red", "invert"]
+    model = with_prompt_anchors(refined_model, fake_text, families)
+    assert model.config.refiner.anchors == (*families, NO_EDIT)
+    before, after = refined_model.state_dict(), model.state_dict()
+    assert set(after) - set(before) == {"refiner.anchors"}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    wordings = list(synthetic.split_paraphrases("hue_red", "train"))
+    views = refined_model.refiner_prompt(fake_text.encode(wordings))  # [W, D]
+    torch.testing.assert_close(model.refiner.anchors[1], views.mean(0))
+    null_view = refined_model.refiner_prompt(fake_text.null(1))
+    assert torch.equal(model.refiner.anchors[3:], null_view)
+    # Each anchor is its own nearest; a view is read as the anchor nearest to it.
+    assert model.refiner.nearest_anchor(model.refiner.anchors).tolist() == [0, 1, 2, 3]
+    red = model.refiner.anchors[1:2]
+    near = red + 0.1 * red.std() * torch.randn(red.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(model.refiner.read_prompt(near), red)
+
+    # Two wordings nearest the same anchor: one prompt for the refiner (not so without anchors).
+    nearest = model.refiner.nearest_anchor(views)
+    a, b = torch.nonzero(nearest == nearest.mode().values).flatten()[:2].tolist()
+    latents = torch.rand(2, 1, model.config.dit.latent_channels, 2, 4, 4, generator=torch.Generator().manual_seed(4))
+
+    def refined(m, prompt):
+        return m.refine(latents[0], latents[1], fake_text.encode([prompt]))
+
+    assert torch.equal(refined(model, wordings[a]), refined(model, wordings[b]))
+    assert not torch.equal(refined(refined_model, wordings[a]), refined(refined_model, wordings[b]))
+    # The empty prompt's view is its own anchor: it refines as without anchors.
+    empty = lambda m: m.refine(latents[0], latents[1], fake_text.null(1))  # noqa: E731
+    assert torch.equal(empty(model), empty(refined_model))
+
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.config == model.config
+    _assert_same_model(loaded, model, fake_text, _clip())
+    # Made again after a refit, the anchors are replaced, not added to.
+    again = with_prompt_anchors(model, fake_text, ["sepia"])
+    assert again.config.refiner.anchors == ("sepia", NO_EDIT) and again.refiner.anchors.shape[0] == 2
+
+
+def test_prompt_anchor_errors(tiny_model, fake_text):
+    from streamedit_core.config import get_preset
+    from streamedit_core.train.refine import with_prompt_anchors
+    tiny = get_preset("tiny")
+    for bad in (RefinerConfig(width=8, prompt=False, anchors=("a",)), RefinerConfig(anchors=("a",)),
+                RefinerConfig(width=8, anchors=("a", "a")), RefinerConfig(width=8, anchors=("",))):
+        with pytest.raises(ValueError, match="refiner anchors=.*distinct non-empty names"):
+            tiny.replace(refiner=bad)
+    assert ModelConfig.from_json(tiny.replace(refiner=RefinerConfig(width=8, anchors=("a", "b"))).to_json()
+                                 ).refiner.anchors == ("a", "b")
+    with pytest.raises(ValueError, match="needs a model whose refiner reads the prompt"):
+        with_prompt_anchors(tiny_model, fake_text)
+    with pytest.raises(ValueError, match="unknown edit family 'neon'"):
+        with_prompt_anchors(with_refiner(tiny_model, SMALL), fake_text, ["neon"])
+    with pytest.raises(ValueError, match="not 'none'"):
+        with_prompt_anchors(with_refiner(tiny_model, SMALL), fake_text, ["none"])
+    with pytest.raises(ValueError, match="has no prompt anchors"):
+        with_refiner(tiny_model, SMALL).refiner.nearest_anchor(torch.zeros(1, 4))

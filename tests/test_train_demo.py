@@ -3,6 +3,7 @@ model with its fitted refiner in fp16 as a 6-step CFG-free sampler, a rerun skip
 stages, bad input is named."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata
 from streamedit_core.train.config import TrainConfig
+from streamedit_core.train.synthetic import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,10 +82,14 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     distilled = load_checkpoint(out / "refine" / "model.safetensors")
     assert exported.config == distilled.config and exported.config.refiner.width == 4
     assert (exported.config.refiner.grade_knots, exported.config.refiner.prompt_view) == (33, "text")
+    # The fitted refiner got its prompt anchors: one per family and the empty prompt's.
+    anchors = (*sorted(FAMILIES), "none")
+    assert exported.config.refiner.anchors == anchors and exported.refiner.anchors.shape[0] == len(anchors)
     # The refine stage added a fitted refiner (its output layer starts at zero) and changed nothing else.
     student = load_checkpoint(out / "distill" / "model.safetensors")
     assert student.refiner is None
     assert all(torch.equal(t, distilled.state_dict()[k]) for k, t in student.state_dict().items())
+    assert json.loads((out / "refine" / "stage.json").read_text())["anchors"] == list(anchors)
     assert distilled.refiner.out.weight.abs().max() > 0 and distilled.refiner.grade.weight.abs().max() > 0
     assert (exported.config.sampler.steps, exported.config.sampler.cfg_scale) == (6, 1.0)
     for name, t in distilled.state_dict().items():
@@ -112,14 +118,28 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     # --student-from refits the refiner alone on an exported model's student.
     again = tmp_path / "again"
     assert train_demo.main(["--out", str(again), "--student-from", str(export)] + argv[2:]
-                           + ["--stages", "refine", "--refine-lr", "2e-3", "--refine-underexposed"]) == 0
+                           + ["--stages", "refine", "--refine-lr", "2e-3", "--refine-underexposed",
+                              "--no-refiner-anchors"]) == 0
     reused = load_checkpoint(again / "distill" / "model.safetensors", dtype=torch.float32)
     assert reused.refiner is None
     assert all(torch.equal(t, exported.state_dict()[k].float()) for k, t in reused.state_dict().items())
     stages = json.loads(read_checkpoint_metadata(again / train_demo.EXPORT_NAME)["stages"])
     assert [s["stage"] for s in stages] == list(train_demo.STAGES)
     refit = json.loads((again / "refine" / "stage.json").read_text())
-    assert refit["lr"] == 2e-3
+    assert refit["lr"] == 2e-3 and refit["anchors"] == []
+    # --add-anchors gives an exported refiner its anchors after the fact, keeping the rest.
+    plain = again / train_demo.EXPORT_NAME
+    assert train_demo.main(["--out", str(again), "--add-anchors", str(plain), "--export",
+                            str(tmp_path / "anchored.safetensors"), "--no-eval"]) == 0
+    anchored, before = load_checkpoint(tmp_path / "anchored.safetensors"), load_checkpoint(plain)
+    assert anchored.config == before.config.replace(
+        refiner=dataclasses.replace(before.config.refiner, anchors=anchors))
+    assert anchored.refiner.anchors.dtype == torch.float16
+    assert all(torch.equal(t, anchored.state_dict()[k]) for k, t in before.state_dict().items())
+    meta = read_checkpoint_metadata(tmp_path / "anchored.safetensors")
+    assert meta["stages"] == read_checkpoint_metadata(plain)["stages"] and "anchors_added" in meta
+    with pytest.raises(SystemExit, match="--add-anchors: .* has no refiner that reads the prompt"):
+        train_demo.main(["--out", str(again), "--add-anchors", str(again / "distill" / "model.safetensors")])
     # --refine-underexposed: an underexposed copy of each pair of the families the DiT dims
     dimmed = TrainConfig.from_file(tiny_configs / "dit.json").data.underexposed_families
     assert dimmed and refit["underexposed_families"] == sorted(dimmed)

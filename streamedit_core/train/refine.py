@@ -9,6 +9,7 @@ DiT, the STLE and the prompt pooling stay frozen: a refiner that reads the promp
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -157,6 +158,36 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
                      sum(recent) / len(recent), len(recent), time.perf_counter() - start)
     net.eval()
     return losses
+
+
+# The anchor of the empty prompt ("no edit"; the text ensemble's null embedding).
+NO_EDIT = "none"
+
+
+@torch.no_grad()
+def with_prompt_anchors(model, text_encoder, families: list[str] | None = None):
+    """`model` with prompt anchors on its refiner (`RefinerConfig.anchors`): for each family
+    (default: every one, sorted), the mean of the refiner's view of its train wordings, and
+    NO_EDIT, the view of the empty prompt. The refiner's weights are untouched; anchors it
+    had are replaced (call this again after refitting it)."""
+    from ..model import StreamEditModel
+    if model.refiner is None or not model.config.refiner.prompt:
+        raise ValueError("with_prompt_anchors needs a model whose refiner reads the prompt "
+                         f"(refiner config {model.config.refiner})")
+    families = sorted(synthetic.FAMILIES) if families is None else list(families)
+    if not families or NO_EDIT in families:
+        raise ValueError(f"need one or more edit families, not {NO_EDIT!r}, got {families}")
+    views = [model.refiner_prompt(text_encoder.encode(list(synthetic.split_paraphrases(f, "train")))).mean(0)
+             for f in families]
+    views.append(model.refiner_prompt(text_encoder.null(1))[0])
+    cfg = dataclasses.replace(model.config.refiner, anchors=(*families, NO_EDIT))
+    new = StreamEditModel(model.config.replace(refiner=cfg), device=model.device, dtype=model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if k != "refiner.anchors"}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or missing != ["refiner.anchors"]:
+        raise ValueError(f"with_prompt_anchors: state mismatch (missing {missing}, unexpected {unexpected})")
+    new.refiner.anchors.copy_(torch.stack(views))
+    return new.eval()
 
 
 def with_refiner(model, cfg: RefinerConfig):
