@@ -10,8 +10,9 @@ token `i` belongs to frame `i // frame_tokens`.
   of keys per frame instead of the whole window; `window_frame_mask` is the same rule as a
   dense boolean mask (the reference the tests compare against).
 - `dsa`:    a block mask built from the features themselves by `dsa_block_mask` (the one mask
-  rule; the CUDA kernel's block list, `block_mask_to_csr`, is built from it too), then exact
-  attention restricted to it. This torch path is the reference: exact, not fast.
+  rule), turned into per-query-block lists of kept key blocks (`block_lists`), then exact
+  attention restricted to them by `torch.ops.streamedit.dsa_attention` (`dsa_kernel`): the CUDA
+  kernel on bf16 CUDA tensors, the torch reference elsewhere.
 """
 from __future__ import annotations
 
@@ -164,33 +165,37 @@ def expand_block_mask(block_mask: Tensor, block_size: int, lq: int, lk: int) -> 
 
 def dsa_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, density: float,
                   frame_tokens: int, global_kv: Tensor | None = None) -> Tensor:
-    """Reference DSA: exact attention restricted to `dsa_block_mask`. [B, L, H, D] -> same."""
+    """DSA: exact attention restricted to `dsa_block_mask`. [B, L, H, D] -> same.
+
+    Runs `torch.ops.streamedit.dsa_attention` on the mask's block lists: the CUDA kernel where
+    it applies (`dsa_kernel.kernel_supports`), else the torch reference. No host sync either way.
+    """
+    from . import dsa_kernel  # noqa: F401  (registers the op)
+
     block_mask = dsa_block_mask(q, k, block_size=block_size, density=density,
                                 frame_tokens=frame_tokens, global_kv=global_kv)
-    return sdpa(q, k, v, expand_block_mask(block_mask, block_size, q.shape[1], k.shape[1]))
+    counts, indices = block_lists(block_mask)
+    return torch.ops.streamedit.dsa_attention(q, k, v, counts, indices, block_size)
 
 
-def block_mask_to_csr(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Block mask [..., nq, nk] bool -> CSR over its flattened rows (the kernel's block list).
+def block_lists(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Block mask [..., nq, nk] bool -> the kernel's (and flex_attention's) block lists.
 
-    Returns row_offsets [rows + 1] int32 (rows = prod(...) * nq) and col_indices [nnz] int32,
-    columns ascending within a row. Not for the per-step hot loop: `nonzero` syncs with the host.
+    Returns kv_counts [..., nq] int32 (kept blocks per query block) and kv_indices [..., nq, nk]
+    int32 whose first kv_counts entries per row are the kept key blocks, ascending (the rest is
+    padding). Fixed-stride CSR: no `nonzero`, so no host sync and one shape per mask shape.
     """
-    rows = mask.reshape(-1, mask.shape[-1])
-    counts = rows.sum(-1, dtype=torch.int32)
-    row_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0, dtype=torch.int32)])
-    col_indices = rows.nonzero()[:, 1].to(torch.int32)  # row-major order = sorted per row
-    return row_offsets, col_indices
+    counts = mask.sum(-1, dtype=torch.int32)
+    # kept block columns first, in increasing order (stable sort of the 0/1 flags)
+    indices = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts, indices
 
 
-def csr_to_block_mask(row_offsets: Tensor, col_indices: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Inverse of `block_mask_to_csr`: rebuild the [..., nq, nk] bool block mask."""
-    nrows, nk = math.prod(shape[:-1]), shape[-1]
-    if row_offsets.numel() != nrows + 1:
-        raise ValueError(f"row_offsets has {row_offsets.numel()} entries, expected {nrows + 1} "
-                         f"for a block mask of shape {tuple(shape)}")
-    counts = (row_offsets[1:] - row_offsets[:-1]).long()
-    row_of = torch.repeat_interleave(torch.arange(nrows, device=row_offsets.device), counts)
-    mask = torch.zeros(nrows, nk, dtype=torch.bool, device=row_offsets.device)
-    mask[row_of, col_indices.long()] = True
-    return mask.reshape(shape)
+def lists_to_block_mask(kv_counts: Tensor, kv_indices: Tensor) -> Tensor:
+    """Block lists -> [..., nq, nk] bool block mask: the inverse of `block_lists`."""
+    nk = kv_indices.shape[-1]
+    used = torch.arange(nk, device=kv_indices.device) < kv_counts[..., None].long()  # [..., nq, nk]
+    # unused entries go to an extra column, dropped after: no write can clobber a kept block
+    cols = torch.where(used, kv_indices.long(), nk)
+    mask = torch.zeros(*kv_indices.shape[:-1], nk + 1, dtype=torch.bool, device=kv_indices.device)
+    return mask.scatter_(-1, cols, True)[..., :nk]

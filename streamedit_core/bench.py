@@ -94,7 +94,8 @@ def versions() -> dict[str, Any]:
 
 
 def git_commit() -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it (None outside git)."""
+    """The checkout's commit and whether tracked files differ from it. Outside git (a copy of
+    the tree on a device machine) the commit is $STREAMEDIT_COMMIT when set, dirty unknown."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*a: str) -> str | None:
@@ -105,8 +106,10 @@ def git_commit() -> dict[str, Any]:
         return r.stdout.strip() if r.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": os.environ.get("STREAMEDIT_COMMIT") or None, "dirty": None}
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if commit is None or dirty is None else bool(dirty)}
+    return {"commit": commit, "dirty": None if dirty is None else bool(dirty)}
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -163,9 +166,9 @@ def flex_block_mask(block_mask: torch.Tensor, block_size: int, length: int):
     """
     from torch.nn.attention.flex_attention import BlockMask
 
-    counts = block_mask.sum(-1, dtype=torch.int32)  # [B, H, nq]
-    # kept block columns first, in increasing order (stable sort of the 0/1 flags)
-    indices = block_mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    from .attention import block_lists
+
+    counts, indices = block_lists(block_mask)  # [B, H, nq], [B, H, nq, nk]
 
     def mask_mod(b, h, q_idx, kv_idx):
         return block_mask[b, h, q_idx // block_size, kv_idx // block_size]
@@ -199,6 +202,7 @@ def bench_attention(config: ModelConfig, *, size: int, window: int, densities: S
                     warmup: int = 3, iters: int = 10, seed: int = 0) -> dict[str, Any]:
     """Median ms per call of dense SDPA, flex_attention (same mask) and ours at each density."""
     from . import attention as A
+    from . import dsa_kernel
 
     s = attention_shapes(config, size, window)
     B, L, H, D, ft, bs = s["batch"], s["tokens"], s["heads"], s["head_dim"], s["frame_tokens"], s["block_size"]
@@ -248,7 +252,8 @@ def bench_attention(config: ModelConfig, *, size: int, window: int, densities: S
         if "flex" not in entry:
             entry["flex"] = {"backend": "flex", "error": flex_error}
         rows.append(entry)
-    return {"shapes": s, "flex_mode": flex, "rows": rows}
+    return {"shapes": s, "flex_mode": flex, "ours_impl": dsa_kernel.implementation(device, dtype, D, bs),
+            "rows": rows}
 
 
 def attention_targets(result: dict[str, Any], applies: bool) -> dict[str, Any]:
@@ -374,6 +379,7 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
     preset's window_max): the ASW's largest window, so the cost does not depend on the content,
     and the DiT sees one shape in steady state (one CUDA graph).
     """
+    from . import dsa_kernel
     from .model import StreamEditModel
     from .pipeline import StreamEditor, check_frame_size
 
@@ -434,6 +440,8 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
     result = {
         "size": [size, size], "frames_fed": n_chunks * stride, "frames_out": sum(outs),
         "chunk_frames": stride, "steps": steps, "backend": backend or config.dit.attention,
+        "dsa_impl": dsa_kernel.implementation(device, dtype, config.dit.hidden_size // config.dit.num_heads,
+                                              config.dit.dsa_block_size),
         "history_frames": history, "history_frames_at_end": history_end,
         "window_frames": history + steps,
         "text": text_desc,
@@ -480,7 +488,7 @@ def format_tables(result: dict[str, Any]) -> str:
     if att:
         s = att["shapes"]
         lines.append(f"attention: {s['heads']} heads x {s['head_dim']}, {s['frames']} frames x "
-                     f"{s['frame_tokens']} tokens, block {s['block_size']}  (ms, median)")
+                     f"{s['frame_tokens']} tokens, block {s['block_size']}, ours: {att['ours_impl']}  (ms, median)")
         lines.append(f"{'density':>8} {'kept':>6} {'dense':>9} {'flex':>9} {'ours':>9} {'x dense':>8} {'x flex':>7}")
         for r in att["rows"]:
             fx = f"{r['flex']['ms']:9.3f}" if "ms" in r["flex"] else f"{'n/a':>9}"
@@ -493,7 +501,8 @@ def format_tables(result: dict[str, Any]) -> str:
     st = result["results"].get("stream")
     if st:
         ttff = st["time_to_first_frame_s"]
-        lines.append(f"stream: {st['size'][0]}x{st['size'][1]}, {st['steps']} steps, {st['backend']}, "
+        backend = st["backend"] + (f" ({st['dsa_impl']})" if st["backend"] == "dsa" else "")
+        lines.append(f"stream: {st['size'][0]}x{st['size'][1]}, {st['steps']} steps, {backend}, "
                      f"compile={st['compile']}, cuda_graphs={st['cuda_graphs']}")
         lines.append(f"  {st['fps']:.2f} FPS steady, chunk p50 {st['chunk_ms_p50']:.1f} ms / p95 "
                      f"{st['chunk_ms_p95']:.1f} ms, first frame {ttff:.3f} s, peak "

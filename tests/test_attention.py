@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from streamedit_core.attention import (attention, block_mask_to_csr, csr_to_block_mask,
-                                       dsa_block_mask, expand_block_mask, window_frame_mask)
+from streamedit_core.attention import (attention, block_lists, dsa_block_mask, expand_block_mask,
+                                       lists_to_block_mask, window_frame_mask)
 
 
 def _qkv(B=2, L=40, H=2, D=8, seed=0):
@@ -121,16 +121,20 @@ def test_dsa_joint_sequence_with_more_keys_than_queries():
     assert bm.shape == (2, 2, 5, 6) and bm[..., 5].all()
 
 
-def test_csr_round_trip():
+def test_block_lists_round_trip():
     q, k, _ = _qkv(L=37, seed=6)
     bm = dsa_block_mask(q, k, block_size=4, density=0.3, frame_tokens=10)
-    offsets, cols = block_mask_to_csr(bm)
-    assert offsets.dtype == torch.int32 and cols.dtype == torch.int32
-    assert offsets.shape == (2 * 2 * 10 + 1,) and int(offsets[-1]) == int(bm.sum())
-    for r in range(offsets.numel() - 1):
-        row = cols[offsets[r]:offsets[r + 1]]
-        assert torch.all(row[1:] > row[:-1]), "columns ascend within a row"
-    assert torch.equal(csr_to_block_mask(offsets, cols, tuple(bm.shape)), bm)
+    counts, indices = block_lists(bm)
+    assert counts.dtype == torch.int32 and indices.dtype == torch.int32
+    assert counts.shape == (2, 2, 10) and indices.shape == (2, 2, 10, 10)
+    assert torch.equal(counts, bm.sum(-1, dtype=torch.int32))
+    for row, n, m in zip(indices.reshape(-1, 10), counts.flatten(), bm.reshape(-1, 10)):
+        kept = row[:n]
+        assert torch.all(kept[1:] > kept[:-1]), "kept blocks ascend within a row"
+        assert torch.equal(kept.long(), m.nonzero().flatten())
+    assert torch.equal(lists_to_block_mask(counts, indices), bm)
+    empty = torch.zeros(3, 5, dtype=torch.bool)
+    assert torch.equal(lists_to_block_mask(*block_lists(empty)), empty)
 
 
 def test_bad_inputs():
@@ -147,5 +151,3 @@ def test_bad_inputs():
         dsa_block_mask(q, k, block_size=8, density=0.5, frame_tokens=8, global_kv=torch.ones(39, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"q \(2, 40, 2, 8\), k \(2, 40, 3, 8\)"):
         attention(q, k[:, :, :1].repeat(1, 1, 3, 1), v[:, :, :1].repeat(1, 1, 3, 1), "dense", frame_tokens=8)
-    with pytest.raises(ValueError, match="row_offsets has 3 entries, expected 5"):
-        csr_to_block_mask(torch.zeros(3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32), (4, 4))

@@ -44,6 +44,7 @@ def test_attention_mode_json_density_and_same_mask_as_flex(tmp_path):
     s = att["shapes"]
     # tiny at 64 px: 8x8 latents, patch 2 -> 16 tokens per frame; 8 frames; 4 heads x 20
     assert (s["frame_tokens"], s["tokens"], s["heads"], s["head_dim"]) == (16, 128, 4, 20)
+    assert att["ours_impl"] == "torch-reference"  # the CPU (and head dim 20): no kernel
     nk = s["tokens"] / s["block_size"]
     assert [r["density"] for r in att["rows"]] == [0.125, 0.25, 0.5, 1.0]
     for r in att["rows"]:
@@ -83,6 +84,7 @@ def test_stream_mode_latency_fps_first_frame(tmp_path, capsys):
     check_envelope(d)
     st = d["results"]["stream"]
     assert st["frames_fed"] == 24 and len(st["chunk_ms"]) == 6
+    assert st["dsa_impl"] == "torch-reference"
     # the history is pinned to the preset's window_max (4 for tiny): window = 4 + 2 steps
     assert st["history_frames"] == st["history_frames_at_end"] == 4 and st["window_frames"] == 6
     # 2 steps: the first chunk only fills the buffer, each later chunk gives 4 frames
@@ -184,7 +186,10 @@ def test_cuda_paths_at_small_sizes(tmp_path):
     preset: head dim 64, blocks of 64), compile + CUDA graphs + per-stage events (tiny)."""
     d = run_bench(tmp_path / "a", "attention", "--preset", "demo", "--size", "128", "--iters", "3")
     assert d["device"]["type"] == "cuda" and d["args"]["dtype"] == "bf16"
-    for r in d["results"]["attention"]["rows"]:
+    from streamedit_core.dsa_kernel import cupy_or_none
+    att = d["results"]["attention"]
+    assert att["ours_impl"] == ("cuda-kernel" if cupy_or_none() else "torch-reference")
+    for r in att["rows"]:
         assert r["flex"].get("ms", 0) > 0, r["flex"]
         assert r["flex_max_abs_diff_vs_ours"] < 0.05  # bf16 rounding
     d = run_bench(tmp_path / "s", "stream", "--preset", "tiny", "--size", "64", "--frames", "24",

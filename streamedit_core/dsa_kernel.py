@@ -1,0 +1,188 @@
+"""Dynamic Sparse Attention on block lists: the CUDA kernel (`kernels/dsa_attention.cu`, compiled by
+CuPy) behind one `torch.library` custom op, with the exact torch reference as fallback and oracle.
+
+`torch.ops.streamedit.dsa_attention(q, k, v, kv_counts, kv_indices, block_size)`:
+  q [B, Lq, H, D], k, v [B, Lk, H, D]; kv_counts [B, H, nq] int32 and kv_indices [B, H, nq, nk]
+  int32 (`attention.block_lists` of a block mask): query block i of head h keeps key blocks
+  kv_indices[b, h, i, :kv_counts[b, h, i]], ascending. Returns [B, Lq, H, D]; softmax scale
+  1 / sqrt(D); a query block keeping no key block gets zeros.
+
+The kernel runs where `kernel_supports` says so (CUDA sm_80+, bf16, head dim 64 or 128, blocks of
+64 or 128, CuPy installed), on torch's current stream and without host synchronisation, so it can be
+captured in a CUDA graph; `torch.compile` sees an opaque op with a fake (meta) implementation.
+Everywhere else, or with STREAMEDIT_DSA_KERNEL=0 in the environment, the op runs `reference`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+KERNEL_SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "dsa_attention.cu"
+HEAD_DIMS = (64, 128)
+BLOCK_SIZES = (64, 128)
+TILE_N = 64  # keys per tile, as in the kernel
+
+
+# --- the reference ---------------------------------------------------------------------------
+
+def reference(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tensor,
+              block_size: int) -> Tensor:
+    """Exact attention restricted to the listed blocks (materialises the token mask). Same
+    contract as the op; rows that keep no key get zeros, like the kernel."""
+    from .attention import expand_block_mask, lists_to_block_mask, sdpa
+
+    Lq, Lk = q.shape[1], k.shape[1]
+    mask = expand_block_mask(lists_to_block_mask(kv_counts, kv_indices), block_size, Lq, Lk)
+    out = sdpa(q, k, v, mask)  # [B, Lq, H, D]; NaN on rows with no key
+    has_key = mask.any(-1).transpose(1, 2)[..., None]  # [B, Lq, H, 1]
+    return torch.where(has_key, out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
+
+
+# --- the kernel ------------------------------------------------------------------------------
+
+@functools.cache
+def cupy_or_none():
+    """CuPy, or None where it is not installed (the reference is used then)."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def kernel_enabled() -> bool:
+    return os.environ.get("STREAMEDIT_DSA_KERNEL", "1") != "0"
+
+
+def kernel_supports(q: Tensor, block_size: int) -> bool:
+    """True where the op runs the CUDA kernel for these inputs (else the reference)."""
+    return implementation(q.device, q.dtype, q.shape[-1], block_size) == "cuda-kernel"
+
+
+def implementation(device: torch.device, dtype: torch.dtype, head_dim: int, block_size: int) -> str:
+    """What the op runs for inputs like these: "cuda-kernel" or "torch-reference"."""
+    ok = (device.type == "cuda" and dtype == torch.bfloat16 and head_dim in HEAD_DIMS
+          and block_size in BLOCK_SIZES and kernel_enabled() and cupy_or_none() is not None
+          and _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0))
+    return "cuda-kernel" if ok else "torch-reference"
+
+
+@functools.cache
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)  # bf16 mma.sync and cp.async: sm_80+
+
+
+@functools.cache
+def _module(device_index: int):
+    """The compiled kernels of one device: NVRTC through CuPy, cached on disk by CuPy."""
+    cupy = cupy_or_none()
+    names = [f"dsa::dsa_fwd<{d}, {b}>" for d in HEAD_DIMS for b in BLOCK_SIZES]
+    try:
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=KERNEL_SOURCE.read_text(), options=("-std=c++17",),
+                                    name_expressions=names)
+            module.compile()
+    except Exception as e:  # NVRTC missing or failing, an unsupported driver: say what and how out
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"the DSA CUDA kernel ({KERNEL_SOURCE}) did not build with CuPy "
+                           f"{cupy.__version__}: {first}; set STREAMEDIT_DSA_KERNEL=0 to run the "
+                           f"torch reference instead") from e
+    return module
+
+
+@functools.cache
+def _kernel(device_index: int, head_dim: int, block_size: int):
+    kernel = _module(device_index).get_function(f"dsa::dsa_fwd<{head_dim}, {block_size}>")
+    kernel.max_dynamic_shared_size_bytes = _shared_bytes(head_dim, block_size)
+    return kernel
+
+
+def _shared_bytes(head_dim: int, block_size: int) -> int:
+    return (block_size + 4 * TILE_N) * head_dim * 2  # Q tile + double-buffered K and V tiles
+
+
+_STREAMS: dict[tuple[int, int], object] = {}
+
+
+def _cupy_stream(stream: torch.cuda.Stream):
+    """CuPy's handle on a torch stream (one per stream, kept: creating one costs microseconds)."""
+    key = (stream.device_index, stream.cuda_stream)
+    if key not in _STREAMS:
+        cuda = cupy_or_none().cuda
+        _STREAMS[key] = (cuda.Stream.from_external(stream) if hasattr(cuda.Stream, "from_external")
+                         else cuda.ExternalStream(stream.cuda_stream, stream.device_index))
+    return _STREAMS[key]
+
+
+def _kernel_ready(x: Tensor) -> Tensor:
+    """The kernel moves 16 bytes per copy: last dim contiguous, other strides multiples of 8."""
+    if x.stride(-1) == 1 and all(s % 8 == 0 for s in x.stride()[:-1]) and x.data_ptr() % 16 == 0:
+        return x
+    return x.contiguous()
+
+
+def launch(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tensor,
+           block_size: int) -> Tensor:
+    """Run the CUDA kernel (inputs as the op's; `kernel_supports(q, block_size)` must hold)."""
+    import numpy as np
+
+    B, Lq, H, D = q.shape
+    Lk, nq, nk = k.shape[1], kv_counts.shape[-1], kv_indices.shape[-1]
+    q, k, v = (_kernel_ready(x) for x in (q, k, v))
+    counts = kv_counts.to(torch.int32).contiguous()
+    indices = kv_indices.to(torch.int32).contiguous()
+    out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
+    dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    i32, i64 = np.int32, np.int64
+    args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), counts.data_ptr(),
+            indices.data_ptr(), i32(Lq), i32(Lk), i32(H), i32(nq), i32(nk),
+            *(i64(s) for x in (q, k, v, out) for s in (x.stride(0), x.stride(1), x.stride(2))),
+            np.float32(math.log2(math.e) / math.sqrt(D)))
+    kernel = _kernel(dev, D, block_size)
+    with _cupy_stream(torch.cuda.current_stream(q.device)):
+        kernel((nq, H, B), (block_size * 2,), args, shared_mem=_shared_bytes(D, block_size))
+    return out
+
+
+# --- the op ----------------------------------------------------------------------------------
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tensor,
+                 block_size: int) -> None:
+    """One clear error for inputs the op cannot take."""
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or q.shape[0] != k.shape[0] \
+            or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"dsa_attention expects q [B, Lq, H, D] and k, v [B, Lk, H, D]; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if block_size <= 0:
+        raise ValueError(f"dsa block_size must be > 0, got {block_size}")
+    B, Lq, H, _ = q.shape
+    nq, nk = math.ceil(Lq / block_size), math.ceil(k.shape[1] / block_size)
+    if tuple(kv_counts.shape) != (B, H, nq) or tuple(kv_indices.shape) != (B, H, nq, nk):
+        raise ValueError(f"block lists must be kv_counts [B, H, nq] = {[B, H, nq]} and kv_indices "
+                         f"[B, H, nq, nk] = {[B, H, nq, nk]} for blocks of {block_size}; got "
+                         f"{list(kv_counts.shape)} and {list(kv_indices.shape)}")
+    if kv_counts.dtype.is_floating_point or kv_indices.dtype.is_floating_point:
+        raise ValueError(f"block lists must be integer tensors, got {kv_counts.dtype} and {kv_indices.dtype}")
+
+
+@torch.library.custom_op("streamedit::dsa_attention", mutates_args=())
+def dsa_attention_op(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tensor,
+                     block_size: int) -> Tensor:
+    check_inputs(q, k, v, kv_counts, kv_indices, block_size)
+    if kernel_supports(q, block_size):
+        return launch(q, k, v, kv_counts, kv_indices, block_size)
+    return reference(q, k, v, kv_counts, kv_indices, block_size)
+
+
+@dsa_attention_op.register_fake
+def _(q, k, v, kv_counts, kv_indices, block_size):
+    return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
