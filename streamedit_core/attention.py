@@ -101,9 +101,11 @@ def _block_pool(x: Tensor, block_size: int) -> Tensor:
     partial block is averaged over its real tokens only."""
     B, L, H, D = x.shape
     nb = math.ceil(L / block_size)
-    xp = F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 0, 0, 0, 0, nb * block_size - L))
-    sums = xp.reshape(B, nb, block_size, H, D).sum(2)  # [B, nb, H, D]
-    counts = torch.full((nb,), float(block_size), device=x.device, dtype=xp.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xp = F.pad(x, (0, 0, 0, 0, 0, nb * block_size - L)) if nb * block_size != L else x
+    # summed in fp32 without an fp32 copy of x (a view for the DiT's k and v)
+    sums = xp.reshape(B, nb, block_size, H, D).sum(2, dtype=acc)  # [B, nb, H, D]
+    counts = torch.full((nb,), float(block_size), device=x.device, dtype=acc)
     counts[-1] = L - (nb - 1) * block_size
     return (sums / counts[None, :, None, None]).transpose(1, 2)
 
