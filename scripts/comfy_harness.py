@@ -39,7 +39,7 @@ class ComfyServer:
     """One ComfyUI process; `base` holds custom_nodes/, models/, input/, output/, user/."""
 
     def __init__(self, base: Path, comfy_root: Path = COMFYUI_ROOT, python: str = sys.executable,
-                 threads: int | None = None):
+                 threads: int | None = None, gpu: bool = False):
         if not (comfy_root / "main.py").is_file():
             raise FileNotFoundError(f"no ComfyUI at {comfy_root}: run `make comfyui` first")
         self.base, self.comfy_root, self.python = Path(base), comfy_root, python
@@ -48,6 +48,7 @@ class ComfyServer:
         self.log_path = self.base / "comfyui.log"
         self.proc: subprocess.Popen | None = None
         self.threads = threads  # torch CPU threads in the server (None: torch's default)
+        self.gpu = gpu  # False: --cpu, as in the tests and the demo; True: ComfyUI picks the GPU
         self.extra_nodes: list[str] = []  # more custom_nodes/ folders to load besides ours
 
     def prepare(self) -> None:
@@ -65,7 +66,7 @@ class ComfyServer:
 
     def start(self, timeout: float = 120.0) -> None:
         self.prepare()
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, "main.py", *([] if self.gpu else ["--cpu"]), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACKAGE_LINK, *self.extra_nodes,
                "--disable-api-nodes", "--disable-auto-launch"]

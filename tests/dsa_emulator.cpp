@@ -167,16 +167,17 @@ int main(int argc, char** argv) {
   if (!kernel) { std::fprintf(stderr, "D must be 64 or 128 and BLOCK 64 or 128\n"); return 1; }
   const int nq = (Lq + BLOCK - 1) / BLOCK, nk = (Lk + BLOCK - 1) / BLOCK;
 
-  // q [B, Lq, H, D] with a padded token stride (a strided view, as the DiT's qkv split gives);
-  // k, v [B, Lk, H, D] contiguous; out contiguous.
+  // q, k, v with padded token strides (strided views, as the DiT's q and kv projections give);
+  // out contiguous [B, Lq, H, D].
   const long long q_st = (long long)H * D + 8, q_sb = Lq * q_st;
+  const long long k_st = (long long)H * D + 16, k_sb = Lk * k_st;
   std::normal_distribution<float> normal(0.f, 1.f);
   auto fill = [&](size_t n) {
     std::vector<dsa::u16> x(n);
     for (auto& e : x) e = emu::to_bf16(normal(rng));
     return x;
   };
-  std::vector<dsa::u16> q = fill(B * q_sb), k = fill((size_t)B * Lk * H * D), v = fill((size_t)B * Lk * H * D);
+  std::vector<dsa::u16> q = fill(B * q_sb), k = fill(B * k_sb), v = fill(B * k_sb);
   std::vector<dsa::u16> out((size_t)B * Lq * H * D, 0xffff);  // NaN-filled: every element must be written
 
   std::vector<int> counts(B * H * nq), indices((size_t)B * H * nq * nk, -1);
@@ -192,7 +193,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  const long long k_st = (long long)H * D, k_sb = Lk * k_st, o_st = k_st, o_sb = Lq * o_st;
+  const long long o_st = (long long)H * D, o_sb = Lq * o_st;
   const float scale_log2 = std::log2(std::exp(1.0)) / std::sqrt((double)D);
   const size_t shared_bytes = (size_t)(BLOCK + 4 * 64) * D * 2;
   const int threads = BLOCK * 2;
