@@ -11,6 +11,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 from comfy_api.latest import io
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..streamedit_core.pipeline import StreamEditor, check_frame_size, pad_tail, to_frames
 from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, STREAM_ID_TOOLTIP, LoadedModel, ModelType,
@@ -126,6 +127,11 @@ class STLEDecode(io.ComfyNode):
         images = torch.cat(out)
         if entry is None and FRAMES_KEY in latent:  # whole clip: drop the tail padding
             images = images[:latent[FRAMES_KEY]]
+        if images.shape[0] == 0:
+            # A stream's first jobs only fill the sampler's buffer. Image nodes fail on an empty
+            # batch (Preview Image indexes images[0]), so skip the nodes downstream, silently:
+            # the job succeeds and the stream state has advanced.
+            return io.NodeOutput(ExecutionBlocker(None))
         return io.NodeOutput(images)
 
 

@@ -285,6 +285,22 @@ def test_stream_chunks_equal_core_stream_editor(comfy, comfy_base, object_info):
         assert_same_frames(g, e, f"chunk {k}")
 
 
+def test_jobs_filling_the_buffer_succeed_without_frames(comfy, comfy_base, object_info):
+    """4 steps, one latent frame per job: the first 3 jobs only fill the buffer. Preview Image
+    is skipped for them (an empty batch would fail it); the 4th job's frames equal the core's."""
+    expected = reference_stream(comfy_base, CLIP, chunk_frames=4, chunks=4, steps=4)
+    assert [e.shape[0] for e in expected] == [0, 0, 0, 4]
+    stream_id = f"f-{uuid.uuid4().hex[:6]}"
+    for k in range(4):
+        prompt = stream_prompt(object_info, stream_id, k, chunk_frames=4, steps=4)
+        result = run_ok(comfy, prompt)
+        previews = node_outputs(comfy, result.prompt_id, "PreviewImage", prompt)
+        if k < 3:
+            assert previews == [], f"chunk {k}"
+        else:
+            assert_same_frames(read_images(comfy_base, previews[0]["images"]), expected[k], "chunk 3")
+
+
 def test_interrupt_mid_chunk_then_requeue_continues_exactly(comfy, comfy_base, object_info):
     chunk_frames = 48  # 12 latent frames per chunk: long enough to interrupt mid-job
     expected = reference_stream(comfy_base, LONG_CLIP, chunk_frames, chunks=3)
