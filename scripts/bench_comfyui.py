@@ -4,8 +4,9 @@
 Preview Image, one stream_id) is queued over the HTTP API once per chunk, each job waited for on
 the WebSocket before the next is queued, as an API client streaming a video does. Then the core
 `StreamEditor` edits the same chunks of the same file with the same model and settings, in this
-process (the server stopped first, so the two never share the machine). Per-job overhead =
-median job time - median core chunk time. Writes `bench/results/<name>.json` like
+process, once before the server starts and once after it has stopped (so the two never share
+the machine, and drift shows as a difference between the two core runs). Per-job overhead =
+median job time - median core chunk time (both core runs' timed chunks). Writes `bench/results/<name>.json` like
 `python -m streamedit_core bench` (device, versions, commit, arguments, results).
 
     .venv/bin/python scripts/bench_comfyui.py                      # shipped demo model, 128 px
@@ -165,13 +166,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clip = base / "input" / CLIP_NAME
     write_clip(clip, args.size, args.chunk_frames * (args.warmup + args.chunks))
 
+    # core, ComfyUI, core again: a shared machine drifts, and this puts both core runs around it
+    before = run_core(path, clip, args)
     comfy = run_comfyui(base, model, args)
-    core = run_core(path, clip, args)
-    if comfy["frames_out"] != core["frames_out"]:
+    after = run_core(path, clip, args)
+    if not comfy["frames_out"] == before["frames_out"] == after["frames_out"]:
         raise RuntimeError(f"ComfyUI and the core gave different frame counts per chunk: "
-                           f"{comfy['frames_out']} vs {core['frames_out']}")
-    c, k = summarise(comfy["job_s"], comfy["frames_out"], args.warmup), \
-        summarise(core["chunk_s"], core["frames_out"], args.warmup)
+                           f"{comfy['frames_out']} vs {before['frames_out']}")
+    w = args.warmup
+    core = {"chunk_s": before["chunk_s"][:w] + before["chunk_s"][w:] + after["chunk_s"][w:],
+            "frames_out": before["frames_out"] + after["frames_out"][w:],
+            "median_s_before": statistics.median(before["chunk_s"][w:]),
+            "median_s_after": statistics.median(after["chunk_s"][w:])}
+    c, k = summarise(comfy["job_s"], comfy["frames_out"], w), \
+        summarise(core["chunk_s"], core["frames_out"], w)
     device = torch.device("cuda" if args.gpu else "cpu")
     return {
         "name": args.name or f"comfyui-{Path(model).stem}-{args.size}-{device.type}",
