@@ -106,6 +106,52 @@ class EditVideo(io.ComfyNode):
             [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
 
 
+class _ChunkCursor:
+    """A file being decoded chunk by chunk, left open between jobs: when jobs ask for chunks in
+    order (one queued job per chunk), each costs one chunk of decoding, not all those before it."""
+
+    def __init__(self, path: str, chunk_frames: int):
+        self.mtime = os.stat(path).st_mtime_ns
+        self.reader = VideoReader(path, chunk_frames=chunk_frames)
+        self.chunks = iter(self.reader)
+        self.next_index = 0
+
+    def close(self) -> None:
+        self.chunks.close()  # the generator's finally closes the container
+
+
+_CURSORS: dict[tuple[str, int], _ChunkCursor] = {}  # (path, chunk_frames) -> cursor, oldest first
+MAX_CURSORS = 4
+
+
+def read_chunk(path: str, chunk_index: int, chunk_frames: int, name: str):
+    """Chunk `chunk_index` of `path` ([T, H, W, 3] float) and the file's fps; ValueError naming
+    the video `name` past its end."""
+    key = (path, chunk_frames)
+    cursor = _CURSORS.pop(key, None)
+    if cursor is not None and (cursor.next_index > chunk_index or cursor.mtime != os.stat(path).st_mtime_ns):
+        cursor.close()  # a repeat, a restart, or a changed file: decode from the start again
+        cursor = None
+    cursor = cursor or _ChunkCursor(path, chunk_frames)
+    try:
+        while True:
+            chunk = next(cursor.chunks)
+            cursor.next_index += 1
+            if cursor.next_index - 1 == chunk_index:
+                break
+    except StopIteration:
+        cursor.close()
+        raise ValueError(f"video {name!r} has no chunk {chunk_index}: it holds "
+                         f"{cursor.next_index} chunks of up to {chunk_frames} frames") from None
+    except BaseException:
+        cursor.close()
+        raise
+    _CURSORS[key] = cursor
+    while len(_CURSORS) > MAX_CURSORS:
+        _CURSORS.pop(next(iter(_CURSORS))).close()
+    return chunk, cursor.reader.fps
+
+
 class LoadVideoChunk(io.ComfyNode):
     """Frames [k * n, (k + 1) * n) of a video file: a stand-in for a live source when streaming."""
 
@@ -140,11 +186,6 @@ class LoadVideoChunk(io.ComfyNode):
     def execute(cls, video: str, chunk_index: int, chunk_frames: int) -> io.NodeOutput:
         if chunk_frames % 4:
             raise ValueError(f"chunk_frames must be a multiple of 4, got {chunk_frames}")
-        reader = VideoReader(resolve_inside(folder_paths.get_input_directory(), video, "video"),
-                             chunk_frames=chunk_frames)
-        count = 0
-        for count, chunk in enumerate(reader, 1):  # decodes the chunks before it: a demo source
-            if count - 1 == chunk_index:
-                return io.NodeOutput(chunk, float(reader.fps))
-        raise ValueError(f"video {video!r} has no chunk {chunk_index}: it holds {count} chunks of "
-                         f"up to {chunk_frames} frames")
+        path = resolve_inside(folder_paths.get_input_directory(), video, "video")
+        chunk, fps = read_chunk(path, chunk_index, chunk_frames, video)
+        return io.NodeOutput(chunk, float(fps))

@@ -342,6 +342,22 @@ def test_chunk_gap_repeat_reset_and_free(comfy, object_info):
     run_ok(comfy, chunk(0))  # the model reloads after /free unloaded it
 
 
+def test_load_video_chunk_in_any_order_equals_the_file(comfy, comfy_base):
+    """In order (the open decoder is reused), repeated, backwards and past the end."""
+    frames = quantize(read_video(comfy_base / "input" / LONG_CLIP))  # 144 frames
+
+    def chunk(k: int) -> dict:
+        return {"1": {"class_type": "StreamEditLoadVideoChunk",
+                      "inputs": {"video": LONG_CLIP, "chunk_index": k, "chunk_frames": 16}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+
+    for k in (0, 1, 2, 2, 0, 5, 8):
+        result = run_ok(comfy, chunk(k))
+        got = read_images(comfy_base, node_outputs(comfy, result.prompt_id, "PreviewImage", chunk(k))[0]["images"])
+        assert_same_frames(got, frames[16 * k:16 * (k + 1)], f"chunk {k}")
+    run_error(comfy, chunk(9), f"video '{LONG_CLIP}' has no chunk 9: it holds 9 chunks of up to 16 frames")
+
+
 # --- bad input: a clear execution_error, and the server takes the next job ---------------------
 def test_bad_inputs_report_clear_errors_and_server_recovers(comfy, comfy_base, object_info):
     good = workflow("edit_video_file", object_info)
