@@ -15,16 +15,12 @@ Everywhere else, or with STREAMEDIT_DSA_KERNEL=0 in the environment, the op runs
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-log = logging.getLogger(__name__)
 
 KERNEL_SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "dsa_attention.cu"
 HEAD_DIMS = (64, 128)
@@ -172,6 +168,11 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices:
                          f"{list(kv_counts.shape)} and {list(kv_indices.shape)}")
     if kv_counts.dtype.is_floating_point or kv_indices.dtype.is_floating_point:
         raise ValueError(f"block lists must be integer tensors, got {kv_counts.dtype} and {kv_indices.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    devices = {str(x.device) for x in (q, k, v, kv_counts, kv_indices)}
+    if len(devices) > 1:
+        raise ValueError(f"q, k, v and the block lists must be on one device, got {sorted(devices)}")
 
 
 @torch.library.custom_op("streamedit::dsa_attention", mutates_args=())

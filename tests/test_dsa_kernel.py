@@ -91,6 +91,10 @@ def test_bad_inputs():
         op(q, k, v, counts.float(), indices, 8)
     with pytest.raises(ValueError, match="block_size must be > 0, got 0"):
         op(q, k, v, counts, indices, 0)
+    with pytest.raises(ValueError, match="share a dtype, got torch.float64, torch.float32"):
+        op(q, k.float(), v, counts, indices, 8)
+    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):
+        op(q, k, v, counts.to("meta"), indices, 8)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
