@@ -93,8 +93,8 @@ def test_bad_inputs():
         op(q, k, v, counts, indices, 0)
     with pytest.raises(ValueError, match="share a dtype, got torch.float64, torch.float32"):
         op(q, k.float(), v, counts, indices, 8)
-    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):
-        op(q, k, v, counts.to("meta"), indices, 8)
+    with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):  # (a meta input
+        dsa_kernel.check_inputs(q, k, v, counts.to("meta"), indices, 8)  # dispatches to the fake)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
