@@ -36,8 +36,10 @@ bench() { step "$1" "$PY" -m streamedit_core bench "${@:2}"; }
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     "$PY" -c "import sys, torch, cupy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__)"
     echo "commit ${STREAMEDIT_COMMIT:-unknown}"
-    # 1. correctness: the kernel against the reference, no host sync, CUDA graphs, compile
-    step 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_dsa_kernel.py tests/test_bench.py -m gpu
+    # 1. correctness: the kernel against the reference, no host sync, CUDA graphs, compile; and
+    #    the other GPU tests (DiT without host sync on every backend, STLE in bf16, text on CUDA)
+    step 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_dsa_kernel.py tests/test_bench.py \
+        tests/test_dit.py tests/test_stle.py tests/test_text.py
     # 2. attention at the 2b shapes: dense SDPA vs compiled flex_attention vs ours
     bench 120 attention --name "$PREFIX-attention-2b"
     # 3. the 2b stream at 512 x 512, 6 steps, DSA through the kernel
