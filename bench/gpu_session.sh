@@ -38,7 +38,7 @@ bench() { step "$1" "$PY" -m streamedit_core bench "${@:2}"; }
     echo "commit ${STREAMEDIT_COMMIT:-unknown}"
     # 1. correctness: the kernel against the reference, no host sync, CUDA graphs, compile; and
     #    the other GPU tests (DiT without host sync on every backend, STLE in bf16, text on CUDA)
-    step 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_dsa_kernel.py tests/test_bench.py \
+    step 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_dsa_kernel.py tests/test_bench.py \
         tests/test_dit.py tests/test_stle.py tests/test_text.py
     # 2. attention at the 2b shapes: dense SDPA vs compiled flex_attention vs ours
     bench 120 attention --name "$PREFIX-attention-2b"
