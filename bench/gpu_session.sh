@@ -42,6 +42,8 @@ bench() { step "$1" "$PY" -m streamedit_core bench "${@:2}"; }
         tests/test_dit.py tests/test_stle.py tests/test_text.py
     # 2. attention at the 2b shapes: dense SDPA vs compiled flex_attention vs ours
     bench 120 attention --name "$PREFIX-attention-2b"
+    # ... and the kernel's other tiling for blocks of 128: two CTAs of 64 query rows per block
+    STREAMEDIT_DSA_ROWS=64 bench 60 attention --flex off --name "$PREFIX-attention-2b-rows64"
     # 3. the 2b stream at 512 x 512, 6 steps, DSA through the kernel
     bench 100 stream --backend dsa --name "$PREFIX-stream-2b-dsa"
     bench 60 stream --backend dsa --frames 100 --breakdown --name "$PREFIX-stream-2b-dsa-breakdown"

@@ -1,7 +1,8 @@
 // Dynamic Sparse Attention, forward: block-sparse FlashAttention-2-style attention.
 //
-// One thread block (CTA) computes one query block of BLOCK tokens for one (batch, head):
-// BLOCK / 16 warps, 16 query rows each. It walks the key blocks its query block keeps (a row of
+// One thread block (CTA) computes ROWS query rows of one query block of BLOCK tokens (ROWS =
+// BLOCK, or 64 for blocks of 128: two CTAs per block) for one (batch, head): ROWS / 16 warps, 16
+// query rows each. It walks the key blocks its query block keeps (a row of
 // `kv_indices`, `kv_counts` long, ascending), 64 keys per tile, with an online softmax in fp32
 // and tensor-core products (mma.sync m16n8k16, bf16 in, fp32 accumulate). K/V tiles are double
 // buffered through cp.async, so the next tile loads while this one is multiplied.
@@ -97,8 +98,8 @@ __device__ __forceinline__ void load_tile(char* smem, const u16* base, long long
   }
 }
 
-template <int D, int BLOCK>
-__global__ void __launch_bounds__(BLOCK * 2, 1)
+template <int D, int BLOCK, int ROWS>
+__global__ void __launch_bounds__(ROWS * 2, 1)
 dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
         u16* __restrict__ out, const int* __restrict__ kv_counts, const int* __restrict__ kv_indices,
         int Lq, int Lk, int H, int nq, int nk,
@@ -109,7 +110,8 @@ dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restr
         float scale_log2) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(BLOCK == 64 || BLOCK == 128, "block size 64 or 128");
-  constexpr int THREADS = BLOCK * 2;  // BLOCK / 16 warps
+  static_assert((ROWS == 64 || ROWS == 128) && BLOCK % ROWS == 0, "64 or 128 rows, within a block");
+  constexpr int THREADS = ROWS * 2;  // ROWS / 16 warps
   constexpr int SUB = BLOCK / TILE_N;  // key tiles per key block
   constexpr int TILE_BYTES = TILE_N * D * 2;
   constexpr int KC = D / 16;  // 16-wide chunks of the head dim (k of Q K^T)
@@ -120,11 +122,11 @@ dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restr
 #else
   extern __shared__ __align__(128) char smem[];
 #endif
-  char* q_s = smem;                     // [BLOCK][D], later the output tile
-  char* k_s = smem + BLOCK * D * 2;     // [2][TILE_N][D]
+  char* q_s = smem;                     // [ROWS][D], later the output tile
+  char* k_s = smem + ROWS * D * 2;      // [2][TILE_N][D]
   char* v_s = k_s + 2 * TILE_BYTES;     // [2][TILE_N][D]
 
-  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int qb = blockIdx.x / (BLOCK / ROWS), h = blockIdx.y, b = blockIdx.z;  // query block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row_id = (b * H + h) * nq + qb;
   const int* blocks = kv_indices + (long long)row_id * nk;
@@ -138,7 +140,8 @@ dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restr
     n_tiles -= SUB - (last_keys + TILE_N - 1) / TILE_N;
   }
 
-  const int q0 = qb * BLOCK;
+  const int q0 = qb * BLOCK + (blockIdx.x % (BLOCK / ROWS)) * ROWS;  // first query row
+  if (q0 >= Lq) return;  // the second half of a partial last block (the whole CTA leaves)
   const u16* q_base = q + b * q_sb + q0 * q_st + h * q_sh;
   const u16* k_base = k + b * k_sb + h * k_sh;
   const u16* v_base = v + b * v_sb + h * v_sh;
@@ -150,7 +153,7 @@ dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restr
     load_tile<D, TILE_N, THREADS>(v_s + buf * TILE_BYTES, v_base + key0 * v_st, v_st, Lk - key0);
   };
 
-  load_tile<D, BLOCK, THREADS>(q_s, q_base, q_st, Lq - q0);
+  load_tile<D, ROWS, THREADS>(q_s, q_base, q_st, Lq - q0);
   if (n_tiles > 0) load_kv(0, 0);
   cp_async_commit();
   cp_async_wait_all();
@@ -273,7 +276,7 @@ dsa_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restr
   constexpr int CHUNKS = D / 8;
   u16* o_base = out + b * o_sb + q0 * o_st + h * o_sh;
 #pragma unroll
-  for (int i = 0; i < BLOCK * CHUNKS / THREADS; ++i) {
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
     const int idx = threadIdx.x + i * THREADS;
     const int row = idx / CHUNKS, chunk = idx % CHUNKS;
     if (q0 + row < Lq)

@@ -253,7 +253,7 @@ def bench_attention(config: ModelConfig, *, size: int, window: int, densities: S
             entry["flex"] = {"backend": "flex", "error": flex_error}
         rows.append(entry)
     return {"shapes": s, "flex_mode": flex, "ours_impl": dsa_kernel.implementation(device, dtype, D, bs),
-            "rows": rows}
+            "ours_rows_per_cta": dsa_kernel.rows_per_cta(bs), "rows": rows}
 
 
 def attention_targets(result: dict[str, Any], applies: bool) -> dict[str, Any]:

@@ -26,6 +26,9 @@ KERNEL_SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "dsa_attention
 HEAD_DIMS = (64, 128)
 BLOCK_SIZES = (64, 128)
 TILE_N = 64  # keys per tile, as in the kernel
+# (head dim, block size, query rows per CTA): a block of 128 runs as one CTA of 8 warps, or as
+# two of 4 warps (more CTAs per SM, twice the K/V loads); STREAMEDIT_DSA_ROWS=64 picks the latter.
+VARIANTS = tuple((d, b, r) for d in HEAD_DIMS for b in BLOCK_SIZES for r in (64, 128) if b % r == 0)
 
 
 # --- the reference ---------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def _capability(device_index: int) -> tuple[int, int]:
 def _module(device_index: int):
     """The compiled kernels of one device: NVRTC through CuPy, cached on disk by CuPy."""
     cupy = cupy_or_none()
-    names = [f"dsa::dsa_fwd<{d}, {b}>" for d in HEAD_DIMS for b in BLOCK_SIZES]
+    names = [f"dsa::dsa_fwd<{d}, {b}, {r}>" for d, b, r in VARIANTS]
     try:
         with cupy.cuda.Device(device_index):
             module = cupy.RawModule(code=KERNEL_SOURCE.read_text(), options=("-std=c++17",),
@@ -96,14 +99,22 @@ def _module(device_index: int):
 
 
 @functools.cache
-def _kernel(device_index: int, head_dim: int, block_size: int):
-    kernel = _module(device_index).get_function(f"dsa::dsa_fwd<{head_dim}, {block_size}>")
-    kernel.max_dynamic_shared_size_bytes = _shared_bytes(head_dim, block_size)
+def _kernel(device_index: int, head_dim: int, block_size: int, rows: int):
+    kernel = _module(device_index).get_function(f"dsa::dsa_fwd<{head_dim}, {block_size}, {rows}>")
+    kernel.max_dynamic_shared_size_bytes = _shared_bytes(head_dim, rows)
     return kernel
 
 
-def _shared_bytes(head_dim: int, block_size: int) -> int:
-    return (block_size + 4 * TILE_N) * head_dim * 2  # Q tile + double-buffered K and V tiles
+def _shared_bytes(head_dim: int, rows: int) -> int:
+    return (rows + 4 * TILE_N) * head_dim * 2  # Q tile + double-buffered K and V tiles
+
+
+def rows_per_cta(block_size: int) -> int:
+    """Query rows per CTA: the block, unless STREAMEDIT_DSA_ROWS=64 splits blocks of 128."""
+    wanted = os.environ.get("STREAMEDIT_DSA_ROWS", "")
+    if wanted not in ("", "64", "128"):
+        raise ValueError(f"STREAMEDIT_DSA_ROWS must be 64 or 128, got {wanted!r}")
+    return int(wanted) if wanted and block_size % int(wanted) == 0 else block_size
 
 
 _STREAMS: dict[tuple[int, int], object] = {}
@@ -143,9 +154,10 @@ def launch(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tenso
             indices.data_ptr(), i32(Lq), i32(Lk), i32(H), i32(nq), i32(nk),
             *(i64(s) for x in (q, k, v, out) for s in (x.stride(0), x.stride(1), x.stride(2))),
             np.float32(math.log2(math.e) / math.sqrt(D)))
-    kernel = _kernel(dev, D, block_size)
+    rows = rows_per_cta(block_size)
+    kernel = _kernel(dev, D, block_size, rows)
     with _cupy_stream(torch.cuda.current_stream(q.device)):
-        kernel((nq, H, B), (block_size * 2,), args, shared_mem=_shared_bytes(D, block_size))
+        kernel((nq * (block_size // rows), H, B), (rows * 2,), args, shared_mem=_shared_bytes(D, rows))
     return out
 
 

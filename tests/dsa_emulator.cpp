@@ -6,7 +6,7 @@
 // only at the wait) and its bounds (build with -fsanitize=address: shared memory is a heap block
 // of exactly the launch's size), against attention computed in double on the same bf16 inputs.
 //
-// usage: dsa_emulator D BLOCK B H Lq Lk MASK SEED, MASK one of random, full, diagonal, empty_row
+// usage: dsa_emulator D BLOCK ROWS B H Lq Lk MASK SEED, MASK one of random, full, diagonal, empty_row
 // prints "max_abs_err <x> tiles <n>"; exits 1 on a bad argument.
 #include <barrier>
 #include <cmath>
@@ -155,16 +155,19 @@ using Kernel = void (*)(const dsa::u16*, const dsa::u16*, const dsa::u16*, dsa::
                         long long, long long, long long, float);
 
 int main(int argc, char** argv) {
-  if (argc != 9) { std::fprintf(stderr, "usage: dsa_emulator D BLOCK B H Lq Lk MASK SEED\n"); return 1; }
-  const int D = std::atoi(argv[1]), BLOCK = std::atoi(argv[2]), B = std::atoi(argv[3]);
-  const int H = std::atoi(argv[4]), Lq = std::atoi(argv[5]), Lk = std::atoi(argv[6]);
-  const std::string mask_kind = argv[7];
-  std::mt19937 rng(std::atoi(argv[8]));
-  Kernel kernel = D == 64 && BLOCK == 64    ? dsa::dsa_fwd<64, 64>
-                  : D == 64 && BLOCK == 128 ? dsa::dsa_fwd<64, 128>
-                  : D == 128 && BLOCK == 64 ? dsa::dsa_fwd<128, 64>
-                  : D == 128 && BLOCK == 128 ? dsa::dsa_fwd<128, 128> : nullptr;
-  if (!kernel) { std::fprintf(stderr, "D must be 64 or 128 and BLOCK 64 or 128\n"); return 1; }
+  if (argc != 10) { std::fprintf(stderr, "usage: dsa_emulator D BLOCK ROWS B H Lq Lk MASK SEED\n"); return 1; }
+  const int D = std::atoi(argv[1]), BLOCK = std::atoi(argv[2]), ROWS = std::atoi(argv[3]);
+  const int B = std::atoi(argv[4]), H = std::atoi(argv[5]), Lq = std::atoi(argv[6]), Lk = std::atoi(argv[7]);
+  const std::string mask_kind = argv[8];
+  std::mt19937 rng(std::atoi(argv[9]));
+  const int variant = D * 1000000 + BLOCK * 1000 + ROWS;
+  Kernel kernel = variant == 64064064     ? dsa::dsa_fwd<64, 64, 64>
+                  : variant == 64128064   ? dsa::dsa_fwd<64, 128, 64>
+                  : variant == 64128128   ? dsa::dsa_fwd<64, 128, 128>
+                  : variant == 128064064  ? dsa::dsa_fwd<128, 64, 64>
+                  : variant == 128128064  ? dsa::dsa_fwd<128, 128, 64>
+                  : variant == 128128128  ? dsa::dsa_fwd<128, 128, 128> : nullptr;
+  if (!kernel) { std::fprintf(stderr, "D must be 64 or 128, BLOCK 64 or 128, ROWS 64 or BLOCK\n"); return 1; }
   const int nq = (Lq + BLOCK - 1) / BLOCK, nk = (Lk + BLOCK - 1) / BLOCK;
 
   // q, k, v with padded token strides (strided views, as the DiT's q and kv projections give);
@@ -195,11 +198,11 @@ int main(int argc, char** argv) {
 
   const long long o_st = (long long)H * D, o_sb = Lq * o_st;
   const float scale_log2 = std::log2(std::exp(1.0)) / std::sqrt((double)D);
-  const size_t shared_bytes = (size_t)(BLOCK + 4 * 64) * D * 2;
-  const int threads = BLOCK * 2;
+  const size_t shared_bytes = (size_t)(ROWS + 4 * 64) * D * 2;
+  const int threads = ROWS * 2;
   for (int bz = 0; bz < B; ++bz)
     for (int by = 0; by < H; ++by)
-      for (int bx = 0; bx < nq; ++bx) {
+      for (int bx = 0; bx < nq * (BLOCK / ROWS); ++bx) {
         std::unique_ptr<char[]> smem(new char[shared_bytes]);
         std::memset(smem.get(), 0x7f, shared_bytes);  // garbage: the kernel must not read unwritten bytes
         emu::shared = smem.get();

@@ -100,14 +100,13 @@ def test_bad_inputs():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_kernel_source_compiles_for_sm90_without_spills(tmp_path):
     """Every instantiation builds for the H100 with no register spills (ptxas -v)."""
-    inst = ", ".join(f"(void*)&dsa::dsa_fwd<{d}, {b}>" for d in dsa_kernel.HEAD_DIMS
-                     for b in dsa_kernel.BLOCK_SIZES)
+    inst = ", ".join(f"(void*)&dsa::dsa_fwd<{d}, {b}, {r}>" for d, b, r in dsa_kernel.VARIANTS)
     src = tmp_path / "inst.cu"
     src.write_text(f'#include "{dsa_kernel.KERNEL_SOURCE}"\nvoid* dsa_kernels[] = {{{inst}}};\n')
     r = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "x.o"),
                         "-Xptxas", "-v"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("0 bytes spill stores, 0 bytes spill loads") == 4, r.stderr
+    assert r.stderr.count("0 bytes spill stores, 0 bytes spill loads") == len(dsa_kernel.VARIANTS) == 6, r.stderr
 
 
 def _kernel_parameters() -> list[str]:
@@ -125,7 +124,7 @@ def test_launch_arguments_match_the_kernel_signature(monkeypatch):
     import numpy as np
 
     calls = []
-    monkeypatch.setattr(dsa_kernel, "_kernel", lambda dev, d, b: lambda *a, **kw: calls.append((a, kw)))
+    monkeypatch.setattr(dsa_kernel, "_kernel", lambda dev, d, b, r: lambda *a, **kw: calls.append((a, kw)))
     monkeypatch.setattr(dsa_kernel, "_cupy_stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -137,6 +136,13 @@ def test_launch_arguments_match_the_kernel_signature(monkeypatch):
     (grid, threads, args), kw = calls[0]
     assert grid == (3, H, B) and threads == (2 * block,) and out.shape == (B, Lq, H, D)
     assert kw == {"shared_mem": (block + 4 * 64) * D * 2}
+    monkeypatch.setenv("STREAMEDIT_DSA_ROWS", "64")  # two CTAs of 64 rows per block of 128
+    dsa_kernel.launch(q, k, v, counts, indices, block)
+    (grid, threads, _), kw = calls[1]
+    assert grid == (6, H, B) and threads == (128,) and kw == {"shared_mem": (64 + 4 * 64) * D * 2}
+    monkeypatch.setenv("STREAMEDIT_DSA_ROWS", "32")
+    with pytest.raises(ValueError, match="STREAMEDIT_DSA_ROWS must be 64 or 128, got '32'"):
+        dsa_kernel.launch(q, k, v, counts, indices, block)
     expected = {"const u16*": int, "u16*": int, "const int*": int, "int": np.int32,
                 "long long": np.int64, "float": np.float32}
     params = _kernel_parameters()
@@ -149,11 +155,12 @@ def test_launch_arguments_match_the_kernel_signature(monkeypatch):
     assert args[23] == pytest.approx(math.log2(math.e) / math.sqrt(D))
 
 
-EMULATED = [  # D, BLOCK, B, H, Lq, Lk, mask: every instantiation, partial blocks, Lq != Lk
-    (64, 64, 1, 1, 300, 300, "random"), (64, 128, 1, 1, 300, 333, "random"),
-    (128, 64, 1, 1, 200, 333, "random"), (128, 128, 1, 2, 300, 300, "random"),
-    (128, 128, 1, 1, 64, 1000, "full"), (128, 128, 1, 1, 256, 256, "diagonal"),
-    (64, 64, 2, 1, 130, 200, "empty_row"),
+EMULATED = [  # D, BLOCK, ROWS, B, H, Lq, Lk, mask: every instantiation, partial blocks, Lq != Lk
+    (64, 64, 64, 1, 1, 300, 300, "random"), (64, 128, 128, 1, 1, 300, 333, "random"),
+    (128, 64, 64, 1, 1, 200, 333, "random"), (128, 128, 128, 1, 2, 300, 300, "random"),
+    (128, 128, 128, 1, 1, 64, 1000, "full"), (128, 128, 128, 1, 1, 256, 256, "diagonal"),
+    (64, 64, 64, 2, 1, 130, 200, "empty_row"),
+    (128, 128, 64, 1, 1, 300, 300, "random"), (64, 128, 64, 1, 1, 40, 200, "random"),
 ]
 
 
@@ -204,7 +211,7 @@ def _check_kernel(q, k, v, counts, indices, block):
 @pytest.mark.parametrize("block", dsa_kernel.BLOCK_SIZES)
 @pytest.mark.parametrize("lq,lk", [(512, 512), (300, 300), (200, 333), (64, 1000)])
 @pytest.mark.parametrize("kind", ["random", "full", "diagonal"])
-def test_kernel_matches_reference(head_dim, block, lq, lk, kind):
+def test_kernel_matches_reference(head_dim, block, lq, lk, kind, monkeypatch):
     B, H = 2, 3
     q, k, v = _qkv(B, lq, lk, H, head_dim, dtype=torch.bfloat16, device="cuda", seed=lq + lk)
     nq, nk = math.ceil(lq / block), math.ceil(lk / block)
@@ -214,7 +221,9 @@ def test_kernel_matches_reference(head_dim, block, lq, lk, kind):
         mask = torch.ones(nq, nk, dtype=torch.bool) if kind == "full" else torch.eye(nq, nk, dtype=torch.bool)
         mask[torch.arange(nq), torch.arange(nq) % nk] = True
         counts, indices = block_lists(mask.expand(B, H, nq, nk).cuda())
-    _check_kernel(q, k, v, counts, indices, block)
+    for rows in ("", "64"):  # one CTA per block, and (blocks of 128) two of 64 rows
+        monkeypatch.setenv("STREAMEDIT_DSA_ROWS", rows)
+        _check_kernel(q, k, v, counts, indices, block)
 
 
 @pytest.mark.gpu
