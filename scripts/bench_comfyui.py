@@ -6,8 +6,9 @@ the WebSocket before the next is queued, as an API client streaming a video does
 `StreamEditor` edits the same chunks of the same file with the same model and settings, in this
 process, once before the server starts and once after it has stopped (so the two never share
 the machine, and drift shows as a difference between the two core runs). Per-job overhead =
-median job time - median core chunk time (both core runs' timed chunks). Writes `bench/results/<name>.json` like
-`python -m streamedit_core bench` (device, versions, commit, arguments, results).
+median job time - median core chunk time (both core runs' timed chunks). Writes
+`bench/results/<name>.json` like `python -m streamedit_core bench` (device, versions, commit,
+arguments, results).
 
     .venv/bin/python scripts/bench_comfyui.py                      # shipped demo model, 128 px
     .venv/bin/python scripts/bench_comfyui.py --model demo --size 512 --gpu  # random demo weights, CUDA
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"ComfyUI and the core gave different frame counts per chunk: "
                            f"{comfy['frames_out']} vs {before['frames_out']}")
     w = args.warmup
-    core = {"chunk_s": before["chunk_s"][:w] + before["chunk_s"][w:] + after["chunk_s"][w:],
+    core = {"chunk_s": before["chunk_s"] + after["chunk_s"][w:],  # one warm-up, both runs timed
             "frames_out": before["frames_out"] + after["frames_out"][w:],
             "median_s_before": statistics.median(before["chunk_s"][w:]),
             "median_s_after": statistics.median(after["chunk_s"][w:])}

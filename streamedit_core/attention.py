@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import dsa_kernel  # noqa: F401  (registers torch.ops.streamedit.dsa_attention)
 from .config import ATTENTION_BACKENDS
 
 
@@ -172,8 +173,6 @@ def dsa_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, density: 
     Runs `torch.ops.streamedit.dsa_attention` on the mask's block lists: the CUDA kernel where
     it applies (`dsa_kernel.kernel_supports`), else the torch reference. No host sync either way.
     """
-    from . import dsa_kernel  # noqa: F401  (registers the op)
-
     block_mask = dsa_block_mask(q, k, block_size=block_size, density=density,
                                 frame_tokens=frame_tokens, global_kv=global_kv)
     counts, indices = block_lists(block_mask)

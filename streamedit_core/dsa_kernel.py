@@ -71,8 +71,12 @@ def implementation(device: torch.device, dtype: torch.dtype, head_dim: int, bloc
     """What the op runs for inputs like these: "cuda-kernel" or "torch-reference"."""
     ok = (device.type == "cuda" and dtype == torch.bfloat16 and head_dim in HEAD_DIMS
           and block_size in BLOCK_SIZES and kernel_enabled() and cupy_or_none() is not None
-          and _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0))
+          and _capability(_device_index(device)) >= (8, 0))
     return "cuda-kernel" if ok else "torch-reference"
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.cache
@@ -148,7 +152,7 @@ def launch(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tenso
     counts = kv_counts.to(torch.int32).contiguous()
     indices = kv_indices.to(torch.int32).contiguous()
     out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
-    dev = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    dev = _device_index(q.device)
     i32, i64 = np.int32, np.int64
     args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), counts.data_ptr(),
             indices.data_ptr(), i32(Lq), i32(Lk), i32(H), i32(nq), i32(nk),
