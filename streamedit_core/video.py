@@ -36,6 +36,18 @@ _CRF_CODECS = ("libx264", "libx265", "libvpx-vp9")
 _SUBSAMPLED_420 = ("yuv420p", "yuvj420p", "nv12")
 
 
+def _x264_options() -> dict[str, str]:
+    """x264's AVX-512 code gives different files from run to run for the same frames
+    (docs/development.md); capped at AVX2 (which such a CPU has), the same frames give the
+    same file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        avx512 = False
+    return {"x264-params": "asm=AVX2"} if avx512 else {}
+
+
 def _open_input(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise FileNotFoundError(f"video file not found: {str(path)!r}")
@@ -171,7 +183,7 @@ class VideoWriter:
             stream = self._container.add_stream(self.codec, rate=self.fps)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
             if self.codec in _CRF_CODECS:
-                stream.options = {"crf": str(self.crf)}
+                stream.options = {"crf": str(self.crf), **(_x264_options() if self.codec == "libx264" else {})}
             self._stream = stream
         except (av.error.FFmpegError, ValueError) as e:
             self._abort()
