@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..streamedit_core.model import StreamEditModel
-from ..streamedit_core.text import TextEnsemble
+from ..streamedit_core.model.text import TextEnsemble
 
 CATEGORY = "StreamEdit"
 MODEL_FOLDER = "streamedit"  # ComfyUI/models/streamedit/*.safetensors
@@ -98,7 +98,7 @@ class LoadedModel:
 
 
 def load_model(path: str, name: str, dtype: torch.dtype | None, attention: str | None) -> LoadedModel:
-    from ..streamedit_core.checkpoint import load_checkpoint
+    from ..streamedit_core.io.checkpoint import load_checkpoint
     import comfy.ops
 
     # disable_weight_init: skip random init of weights the checkpoint overwrites anyway, and

@@ -13,7 +13,7 @@ import torch
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from ..streamedit_core.pipeline import StreamEditor, check_frame_size, pad_tail, to_frames
+from ..streamedit_core.stream.editor import StreamEditor, check_frame_size, pad_tail, to_frames
 from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, STREAM_ID_TOOLTIP, LoadedModel, ModelType,
                      PromptSchedule, TextType, check_model_latent)
 from .streaming import STREAMS, StreamEntry, check_editor_settings, current_job, part

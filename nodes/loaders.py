@@ -7,8 +7,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..streamedit_core.config import PRESETS
-from ..streamedit_core.pipeline import check_prompt
-from ..streamedit_core.text import TextEnsemble, list_ensembles
+from ..streamedit_core.stream.editor import check_prompt
+from ..streamedit_core.model.text import TextEnsemble, list_ensembles
 from .common import (CATEGORY, MODEL_FOLDER, LoadedModel, ModelType, PromptSchedule,
                      TextEncoderType, TextType, load_model, manage, pick_dtype, resolve_inside)
 
@@ -64,7 +64,7 @@ class ModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name: str, preset: str = FROM_CHECKPOINT, dtype: str = "auto",
                 attention: str = "auto") -> io.NodeOutput:
-        from ..streamedit_core.checkpoint import read_checkpoint_config
+        from ..streamedit_core.io.checkpoint import read_checkpoint_config
         from ..streamedit_core.model import StreamEditModel
         import comfy.model_management as mm
 

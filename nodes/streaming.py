@@ -20,8 +20,8 @@ from typing import Any
 
 from comfy_execution.utils import get_executing_context
 
-from ..streamedit_core.pipeline import StreamEditor
-from ..streamedit_core.streams import check_chunk_order
+from ..streamedit_core.stream.editor import StreamEditor
+from ..streamedit_core.stream.registry import check_chunk_order
 
 
 @dataclass

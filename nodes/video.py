@@ -10,8 +10,8 @@ import folder_paths
 from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 
-from ..streamedit_core.pipeline import StreamEditor, check_frame_size
-from ..streamedit_core.video import VideoReader, VideoWriter
+from ..streamedit_core.stream.editor import StreamEditor, check_frame_size
+from ..streamedit_core.io.video import VideoReader, VideoWriter
 from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, LoadedModel, ModelType, PromptSchedule,
                      TextType, resolve_inside)
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer, ui_to_api  # noqa: E402
-from streamedit_core import bench  # noqa: E402
-from streamedit_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from streamedit_core.bench import speed as bench  # noqa: E402
+from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from streamedit_core.config import PRESETS  # noqa: E402
 from streamedit_core.model import StreamEditModel  # noqa: E402
 
@@ -69,7 +69,7 @@ def place_model(spec: str, models_dir: Path) -> tuple[str, Path]:
 
 
 def write_clip(path: Path, size: int, frames: int) -> None:
-    from streamedit_core.video import VideoWriter
+    from streamedit_core.io.video import VideoWriter
 
     video = bench.pan(bench.pattern_texture(size), 0, frames)  # uint8 [T, H, W, 3]
     with VideoWriter(path, CLIP_FPS, size, size) as writer:
@@ -125,9 +125,9 @@ def run_comfyui(base: Path, model: str, args: argparse.Namespace) -> dict[str, A
 
 def run_core(path: Path, clip: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The same chunks through StreamEditor: read chunk k from the file, feed it, frames to host."""
-    from streamedit_core.pipeline import StreamEditor
-    from streamedit_core.text import TextEnsemble
-    from streamedit_core.video import VideoReader
+    from streamedit_core.stream.editor import StreamEditor
+    from streamedit_core.model.text import TextEnsemble
+    from streamedit_core.io.video import VideoReader
 
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.bfloat16 if args.gpu else torch.float32  # the loader node's "auto"

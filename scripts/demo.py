@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer, ui_to_api  # noqa: E402
-from streamedit_core.checkpoint import save_checkpoint  # noqa: E402
+from streamedit_core.io.checkpoint import save_checkpoint  # noqa: E402
 from streamedit_core.eval.report import write_png  # noqa: E402
 from streamedit_core.model import StreamEditModel  # noqa: E402
-from streamedit_core.video import VideoReader  # noqa: E402
+from streamedit_core.io.video import VideoReader  # noqa: E402
 from train_demo import EXPORT_NAME  # noqa: E402
 
 SHIPPED_MODEL = REPO / "models" / EXPORT_NAME  # what `make train-demo` exports, copied into models/

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from streamedit_core.text import TextEnsemble, minilm_folder  # noqa: E402
-from streamedit_core.train.fillers import FILLER_FILE  # noqa: E402
-from streamedit_core.train.synthetic import FAMILIES, wording_words  # noqa: E402
+from streamedit_core.model.text import TextEnsemble, minilm_folder  # noqa: E402
+from streamedit_core.data.fillers import FILLER_FILE  # noqa: E402
+from streamedit_core.data.synthetic import FAMILIES, wording_words  # noqa: E402
 
 VOCAB_IDS = (1996, 12000)  # BERT's whole-word entries start at 1996 ("the")
 MAX_COSINE = 0.5

@@ -56,11 +56,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint  # noqa: E402
+from streamedit_core.io.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint  # noqa: E402
 from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
-from streamedit_core.train.synthetic import FAMILIES  # noqa: E402
+from streamedit_core.data.synthetic import FAMILIES  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
@@ -74,7 +74,7 @@ STAGES = ("stle", "dit", "distill", "refine")
 # run 13 on configs/demo/stle.json asks for no steps (the PCA code alone), so its share goes back
 # to the other stages (each stage's share is of the time still left).
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
-# The refiner (streamedit_core/refiner.py): rounds of the benchmark's train split (78 pairs each,
+# The refiner (streamedit_core/model/refiner.py): rounds of the benchmark's train split (78 pairs each,
 # train photos and wordings) streamed through the student, and the steps that fit it to them.
 REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
 # The refiner's colour grade (RefinerConfig.grade_knots): per-channel tone curves, knots 1/32 apart.
@@ -355,7 +355,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     with `wording_swap`, pairs are also read under the other train wordings of their edit. With
     `anchors`, the fitted refiner gets its prompt anchors (`with_prompt_anchors`)."""
     from streamedit_core.eval.benchmark import build_pairs, underexposed_copies
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.model.text import TextEnsemble
     from streamedit_core.train.refine import (family_wordings, refiner_data, train_refiner, with_prompt_anchors,
                                               with_refiner)
 
@@ -416,8 +416,8 @@ def add_anchors(src: Path, dest: Path) -> Path:
     """`src`, an exported model whose refiner reads the prompt, with its prompt anchors
     (`with_prompt_anchors`, the refine stage's last step) written to `dest` (which may be
     `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata."""
-    from streamedit_core.checkpoint import CONFIG_KEY, FORMAT_KEY
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.io.checkpoint import CONFIG_KEY, FORMAT_KEY
+    from streamedit_core.model.text import TextEnsemble
     from streamedit_core.train.refine import with_prompt_anchors
 
     model = load_checkpoint(src)
@@ -468,7 +468,7 @@ def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> 
     from streamedit_core.eval.benchmark import build_pairs, train_classifier
     from streamedit_core.eval.metrics import summarize
     from streamedit_core.eval.runner import run_method
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.model.text import TextEnsemble
 
     model = load_checkpoint(checkpoint, dtype=torch.float32)  # fp16 export: compute in fp32 on CPU
     member = model.config.dit.text_members[0]

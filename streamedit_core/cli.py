@@ -21,7 +21,7 @@ _FORWARDED = {
     "train": ("streamedit_core.train.cli", "main_train"),
     "distill": ("streamedit_core.train.cli", "main_distill"),
     "eval": ("streamedit_core.eval.cli", "main"),
-    "bench": ("streamedit_core.bench", "main"),
+    "bench": ("streamedit_core.bench.speed", "main"),
 }
 
 
@@ -51,36 +51,16 @@ def _edit_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(args: argparse.Namespace, device: str):
-    """The model that --checkpoint or --preset names (the `edit` and `eval` commands)."""
-    from .model import StreamEditModel
-    if args.checkpoint:
-        import torch
+def load_model_and_text(args: argparse.Namespace, device: str):
+    """(model, text encoder) that --checkpoint or --preset and --text-ensemble name."""
+    from .io.checkpoint import load_model
+    from .model.text import TextEnsemble
 
-        from .checkpoint import load_checkpoint
-        # CPUs compute fp16 slowly and imprecisely: a half-precision checkpoint (the shipped
-        # demo model) runs in fp32 there, as the ComfyUI loader's "auto" does.
-        dtype = torch.float32 if torch.device(device).type == "cpu" else None
-        return load_checkpoint(args.checkpoint, device=device, dtype=dtype)
-    if args.preset:
-        if args.preset not in PRESETS:
-            raise UsageError(f"unknown preset {args.preset!r}; expected one of {sorted(PRESETS)}")
-        return StreamEditModel.from_preset(args.preset, seed=args.seed, device=device)
-    raise UsageError("give a model: --checkpoint FILE.safetensors or --preset NAME "
-                     f"(one of {sorted(PRESETS)})")
-
-
-def load_text_encoder(args: argparse.Namespace, model):
-    """The --text-ensemble folder's ensemble, or the built-in MiniLM; checked against `model`."""
-    from .text import TextEnsemble
-    if not args.text_ensemble:
-        try:
-            return TextEnsemble.builtin_for(model.config)
-        except ValueError as e:
-            raise UsageError(f"{e} (--text-ensemble FOLDER)") from e
-    ensemble = TextEnsemble.from_folder(args.text_ensemble)
-    ensemble.check_compatible(model.config)
-    return ensemble
+    if not (args.checkpoint or args.preset):
+        raise UsageError("give a model: --checkpoint FILE.safetensors or --preset NAME "
+                         f"(one of {sorted(PRESETS)})")
+    model = load_model(args.checkpoint, preset=args.preset, seed=args.seed, device=device)
+    return model, TextEnsemble.for_model(model.config, args.text_ensemble)
 
 
 def main_edit(argv: Sequence[str]) -> int:
@@ -89,7 +69,7 @@ def main_edit(argv: Sequence[str]) -> int:
 
     import torch
 
-    from .pipeline import check_prompt, edit_video
+    from .stream.editor import check_prompt, edit_video
 
     check_prompt(args.prompt)
     if not os.path.exists(args.input):
@@ -98,8 +78,7 @@ def main_edit(argv: Sequence[str]) -> int:
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args, device)
-    text = load_text_encoder(args, model)
+    model, text = load_model_and_text(args, device)
 
     bar = None
 

@@ -32,13 +32,13 @@ def fake_text():
 @pytest.fixture(scope="session")
 def minilm16():
     """The real all-MiniLM-L6-v2 ensemble with 16 tokens (the `tiny` preset's text member)."""
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.model.text import TextEnsemble
     return TextEnsemble.minilm(max_tokens=16)
 
 
 def write_clip(path: Path, frames: int, width: int, height: int, fps: int = 8, seed: int = 0) -> Path:
     """A small mp4 of moving coloured noise blocks (smooth enough for the codec), via our writer."""
-    from streamedit_core.video import VideoWriter
+    from streamedit_core.io.video import VideoWriter
     rng = np.random.default_rng(seed)
     base = rng.random((height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
     with VideoWriter(path, fps, width, height) as writer:

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from streamedit_core.attention import (attention, block_lists, dsa_block_mask, expand_block_mask,
-                                       lists_to_block_mask, window_frame_mask)
+from streamedit_core.model.attention import attention, dsa_block_mask, window_frame_mask
+from streamedit_core.model.dsa import block_lists, expand_block_mask, lists_to_block_mask
 
 
 def _qkv(B=2, L=40, H=2, D=8, seed=0):

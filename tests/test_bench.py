@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamedit_core import bench
+from streamedit_core.bench import speed as bench
 from streamedit_core.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,7 +105,7 @@ def test_stream_mode_latency_fps_first_frame(tmp_path, capsys):
 
 def test_text_auto_builtin_only_where_the_preset_fits():
     from streamedit_core.config import get_preset
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.model.text import TextEnsemble
 
     enc, desc = bench.build_text(get_preset("tiny"), "auto")
     assert isinstance(enc, TextEnsemble) and desc.startswith("builtin MiniLM")
@@ -186,7 +186,7 @@ def test_cuda_paths_at_small_sizes(tmp_path):
     preset: head dim 64, blocks of 64), compile + CUDA graphs + per-stage events (tiny)."""
     d = run_bench(tmp_path / "a", "attention", "--preset", "demo", "--size", "128", "--iters", "3")
     assert d["device"]["type"] == "cuda" and d["args"]["dtype"] == "bf16"
-    from streamedit_core.dsa_kernel import cupy_or_none
+    from streamedit_core.model.dsa import cupy_or_none
     att = d["results"]["attention"]
     assert att["ours_impl"] == ("cuda-kernel" if cupy_or_none() else "torch-reference")
     for r in att["rows"]:

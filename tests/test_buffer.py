@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from streamedit_core.buffer import StreamState
+from streamedit_core.stream.buffer import StreamState
 
 
 def _state(history_max=3, steps=4):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from streamedit_core import checkpoint
-from streamedit_core.checkpoint import (CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, load_checkpoint,
+from streamedit_core.io import checkpoint
+from streamedit_core.io.checkpoint import (CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, load_checkpoint,
                                         read_checkpoint_config, read_checkpoint_metadata,
                                         save_checkpoint)
 from streamedit_core.config import get_preset

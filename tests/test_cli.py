@@ -19,7 +19,7 @@ def _cli(*args, cwd=None):
 
 
 def test_edit_a_generated_mp4(make_clip, tmp_path):
-    from streamedit_core.video import VideoReader
+    from streamedit_core.io.video import VideoReader
     src = make_clip("in.mp4", frames=10, w=64, h=32, fps=12)
     out = tmp_path / "out.mp4"
     r = _cli("edit", src, "-p", "make it a watercolor painting", "-o", out, "--preset", "tiny",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from streamedit_core.eval import benchmark
-from streamedit_core.train import footage, synthetic
+from streamedit_core.data import footage, synthetic
 from streamedit_core.train.config import TrainConfig
 from streamedit_core.train.trainer import build_dataset
 

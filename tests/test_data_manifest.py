@@ -78,7 +78,7 @@ def test_manifest_without_usable_rows_is_an_error(tmp_path):
 
 
 def test_latent_shards_round_trip(tmp_path, tiny_model):
-    from streamedit_core.train.synthetic import SyntheticEditDataset
+    from streamedit_core.data.synthetic import SyntheticEditDataset
     ds = SyntheticEditDataset(frames=8, size=32, length=3)
     encode_latent_shards(tiny_model.stle, ds, tmp_path / "lat", count=3, shard_size=2, batch=2)
     assert len(list((tmp_path / "lat").glob("shard_*.safetensors"))) == 2

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from streamedit_core.train import synthetic
+from streamedit_core.data import synthetic
 
 # The family of each train-split wording (wordings are unique across families).
 TRAIN_FAMILY = {p: f for f in synthetic.FAMILIES.values() for p in synthetic.split_paraphrases(f.name, "train")}
@@ -167,7 +167,7 @@ def test_blur_is_the_same_in_pixels_at_every_frame_size():
 
 
 def test_filler_words_are_common_words_that_no_wording_uses():
-    from streamedit_core.train.fillers import filler_variants, filler_words
+    from streamedit_core.data.fillers import filler_variants, filler_words
 
     words = filler_words()
     assert len(words) > 5000 and len(set(words)) == len(words)

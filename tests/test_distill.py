@@ -4,8 +4,8 @@ at 6 steps without CFG."""
 import pytest
 import torch
 
-from streamedit_core.checkpoint import load_checkpoint
-from streamedit_core.sampler import flow_timesteps, sample_offline
+from streamedit_core.io.checkpoint import load_checkpoint
+from streamedit_core.stream.sampler import flow_timesteps, sample_offline
 from streamedit_core.train.config import DataConfig, TrainConfig
 from streamedit_core.train.data import collate
 from streamedit_core.train.distill import segment_levels

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from streamedit_core import dit
+from streamedit_core.model import dit
 from streamedit_core.config import PRESETS
-from streamedit_core.dit import StreamEditDiT
+from streamedit_core.model.dit import StreamEditDiT
 from streamedit_core.types import TextEmbedding
 
 CFG = PRESETS["tiny"].dit

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamedit_core import dsa_kernel
-from streamedit_core.attention import (attention, block_lists, dsa_block_mask, expand_block_mask,
-                                       lists_to_block_mask)
+from streamedit_core.model import dsa
+from streamedit_core.model.attention import attention, dsa_block_mask
+from streamedit_core.model.dsa import block_lists, expand_block_mask, lists_to_block_mask
 
 op = torch.ops.streamedit.dsa_attention
 
@@ -74,9 +74,9 @@ def test_torch_compile_fullgraph_around_the_op():
 
 def test_kernel_not_used_on_cpu_or_when_disabled(monkeypatch):
     q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)
-    assert not dsa_kernel.kernel_supports(q, 64)
+    assert not dsa.kernel_supports(q, 64)
     monkeypatch.setenv("STREAMEDIT_DSA_KERNEL", "0")
-    assert not dsa_kernel.kernel_enabled()
+    assert not dsa.kernel_enabled()
 
 
 def test_bad_inputs():
@@ -94,24 +94,24 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="share a dtype, got torch.float64, torch.float32"):
         op(q, k.float(), v, counts, indices, 8)
     with pytest.raises(ValueError, match=r"one device, got \['cpu', 'meta'\]"):  # (a meta input
-        dsa_kernel.check_inputs(q, k, v, counts.to("meta"), indices, 8)  # dispatches to the fake)
+        dsa.check_inputs(q, k, v, counts.to("meta"), indices, 8)  # dispatches to the fake)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_kernel_source_compiles_for_sm90_without_spills(tmp_path):
     """Every instantiation builds for the H100 with no register spills (ptxas -v)."""
-    inst = ", ".join(f"(void*)&dsa::dsa_fwd<{d}, {b}, {r}>" for d, b, r in dsa_kernel.VARIANTS)
+    inst = ", ".join(f"(void*)&dsa::dsa_fwd<{d}, {b}, {r}>" for d, b, r in dsa.VARIANTS)
     src = tmp_path / "inst.cu"
-    src.write_text(f'#include "{dsa_kernel.KERNEL_SOURCE}"\nvoid* dsa_kernels[] = {{{inst}}};\n')
+    src.write_text(f'#include "{dsa.KERNEL_SOURCE}"\nvoid* dsa_kernels[] = {{{inst}}};\n')
     r = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "x.o"),
                         "-Xptxas", "-v"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("0 bytes spill stores, 0 bytes spill loads") == len(dsa_kernel.VARIANTS) == 6, r.stderr
+    assert r.stderr.count("0 bytes spill stores, 0 bytes spill loads") == len(dsa.VARIANTS) == 6, r.stderr
 
 
 def _kernel_parameters() -> list[str]:
     """The C types of dsa_fwd's parameters, read from the kernel source."""
-    src = dsa_kernel.KERNEL_SOURCE.read_text()
+    src = dsa.KERNEL_SOURCE.read_text()
     params = src[src.index("dsa_fwd(") + len("dsa_fwd("):].split(")", 1)[0]
     return [" ".join(p.replace("__restrict__", "").split()[:-1]) for p in params.split(",")]
 
@@ -124,25 +124,25 @@ def test_launch_arguments_match_the_kernel_signature(monkeypatch):
     import numpy as np
 
     calls = []
-    monkeypatch.setattr(dsa_kernel, "_kernel", lambda dev, d, b, r: lambda *a, **kw: calls.append((a, kw)))
-    monkeypatch.setattr(dsa_kernel, "_cupy_stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(dsa, "_kernel", lambda dev, d, b, r: lambda *a, **kw: calls.append((a, kw)))
+    monkeypatch.setattr(dsa, "_cupy_stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     B, Lq, Lk, H, D, block = 2, 300, 200, 3, 128, 128
     qkv = torch.zeros(B, Lq, 3, H, D, dtype=torch.bfloat16)
     q, k, v = qkv[:, :, 0], qkv[:, :Lk, 1], qkv[:, :Lk, 2]
     counts, indices = _random_lists(B, H, 3, 2, 0.5)
-    out = dsa_kernel.launch(q, k, v, counts, indices, block)
+    out = dsa.launch(q, k, v, counts, indices, block)
     (grid, threads, args), kw = calls[0]
     assert grid == (3, H, B) and threads == (2 * block,) and out.shape == (B, Lq, H, D)
     assert kw == {"shared_mem": (block + 4 * 64) * D * 2}
     monkeypatch.setenv("STREAMEDIT_DSA_ROWS", "64")  # two CTAs of 64 rows per block of 128
-    dsa_kernel.launch(q, k, v, counts, indices, block)
+    dsa.launch(q, k, v, counts, indices, block)
     (grid, threads, _), kw = calls[1]
     assert grid == (6, H, B) and threads == (128,) and kw == {"shared_mem": (64 + 4 * 64) * D * 2}
     monkeypatch.setenv("STREAMEDIT_DSA_ROWS", "32")
     with pytest.raises(ValueError, match="STREAMEDIT_DSA_ROWS must be 64 or 128, got '32'"):
-        dsa_kernel.launch(q, k, v, counts, indices, block)
+        dsa.launch(q, k, v, counts, indices, block)
     expected = {"const u16*": int, "u16*": int, "const int*": int, "int": np.int32,
                 "long long": np.int64, "float": np.float32}
     params = _kernel_parameters()
@@ -192,14 +192,14 @@ def test_kernel_source_under_cpu_emulation_matches_attention(emulator):
 
 # --- CUDA -------------------------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or dsa_kernel.cupy_or_none() is None,
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or dsa.cupy_or_none() is None,
                           reason="needs CUDA and CuPy")
 
 
 def _check_kernel(q, k, v, counts, indices, block):
-    assert dsa_kernel.kernel_supports(q, block)
+    assert dsa.kernel_supports(q, block)
     out = op(q, k, v, counts, indices, block)
-    ref = dsa_kernel.reference(q.float(), k.float(), v.float(), counts, indices, block)
+    ref = dsa.reference(q.float(), k.float(), v.float(), counts, indices, block)
     err = (out.float() - ref).abs().max().item()
     assert out.dtype == torch.bfloat16 and out.shape == q.shape and err <= 2e-2, f"max abs error {err}"
     return out
@@ -207,8 +207,8 @@ def _check_kernel(q, k, v, counts, indices, block):
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("head_dim", dsa_kernel.HEAD_DIMS)
-@pytest.mark.parametrize("block", dsa_kernel.BLOCK_SIZES)
+@pytest.mark.parametrize("head_dim", dsa.HEAD_DIMS)
+@pytest.mark.parametrize("block", dsa.BLOCK_SIZES)
 @pytest.mark.parametrize("lq,lk", [(512, 512), (300, 300), (200, 333), (64, 1000)])
 @pytest.mark.parametrize("kind", ["random", "full", "diagonal"])
 def test_kernel_matches_reference(head_dim, block, lq, lk, kind, monkeypatch):

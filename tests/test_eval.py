@@ -13,7 +13,7 @@ from streamedit_core.eval import benchmark as B
 from streamedit_core.eval import metrics as M
 from streamedit_core.eval.classifier import NO_EDIT, EditClassifier, clip_features
 from streamedit_core.eval.report import GUTTER
-from streamedit_core.train import synthetic
+from streamedit_core.data import synthetic
 
 COLOUR_EDITS = ("grayscale", "sepia", "invert")  # edits no unedited source can pass for
 
@@ -63,7 +63,7 @@ def test_test_pairs_are_real_footage_and_photos_with_exact_ground_truth(test_pai
 def test_the_classifier_also_learns_from_train_only_footage():
     """Edit pairs on the footage that only ever trains: seeded, every family in turn, exact
     ground truth, and no clip of the benchmark's splits."""
-    from streamedit_core.train import footage
+    from streamedit_core.data import footage
 
     pairs = B.footage_pairs(clips_per_video=1, size=32, frames=4)
     assert len(pairs) == len(footage.footage_paths()) > len(B.family_names())

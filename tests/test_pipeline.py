@@ -10,7 +10,7 @@ import torch
 
 from streamedit_core.config import PRESETS, STLEConfig
 from streamedit_core.model import StreamEditModel
-from streamedit_core.pipeline import StreamEditor, check_frame_size, edit_video
+from streamedit_core.stream.editor import StreamEditor, check_frame_size, edit_video
 from model_helpers import FakeTextEncoder as FakeText
 
 
@@ -129,7 +129,7 @@ def test_editor_with_real_minilm(live_tiny_model, minilm16):
 
 
 def test_incompatible_text_encoder(tiny_model):
-    from streamedit_core.text import TextEnsemble
+    from streamedit_core.model.text import TextEnsemble
     with pytest.raises(ValueError, match="max_tokens=32.*max_tokens=16"):
         StreamEditor(tiny_model, TextEnsemble.minilm(max_tokens=32), "x")
     with pytest.raises(ValueError, match=r"token states \[\(16, 512\)\].*\[\(16, 384\)\]"):
@@ -190,7 +190,7 @@ def test_check_frame_size_names_nearest_sizes(tiny_model):
 
 
 def test_edit_video_file(live_tiny_model, make_clip, tmp_path):
-    from streamedit_core.video import VideoReader
+    from streamedit_core.io.video import VideoReader
     src = make_clip("in.mp4", frames=10, w=64, h=32, fps=12)
     ticks = []
     summary = edit_video(live_tiny_model, FakeText(), src, tmp_path / "out.mp4", "blue", seed=1,

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from model_helpers import make_live_tiny_model
-from streamedit_core.checkpoint import load_checkpoint, save_checkpoint
+from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint
 from streamedit_core.config import ModelConfig, RefinerConfig
-from streamedit_core.pipeline import StreamEditor
-from streamedit_core.refiner import colour_grade
+from streamedit_core.stream.editor import StreamEditor
+from streamedit_core.model.refiner import colour_grade
 from streamedit_core.train.refine import RefinerData, train_refiner, with_refiner
 
 SMALL = RefinerConfig(width=8, film_hidden=16)
@@ -176,7 +176,7 @@ def test_a_zero_colour_grade_is_the_identity():
 def test_the_colour_grade_expresses_the_colour_families(family):
     """Matrix, offset and curves fitted straight to a family's edit of random pixels reach its
     ground truth (posterize's steps are one knot interval wide, the rest is exact)."""
-    from streamedit_core.train.synthetic import FAMILIES
+    from streamedit_core.data.synthetic import FAMILIES
     x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
     target = FAMILIES[family].apply(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     params = torch.zeros(1, 12 + 3 * 33, requires_grad=True)
@@ -208,7 +208,7 @@ def test_an_untrained_graded_refiner_changes_nothing_and_survives_a_checkpoint(f
 def test_train_refiner_learns_a_posterize_through_the_grade(tiny_model):
     """The staircase a few 1x1 layers smooth over: with the grade the fitted refiner's error
     on it falls to a fraction of the identity's."""
-    from streamedit_core.train.synthetic import posterize
+    from streamedit_core.data.synthetic import posterize
     src = torch.rand(6, 4, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     data = RefinerData(src, src, posterize(src), torch.randn(6, tiny_model.config.dit.hidden_size))
     model = with_refiner(tiny_model, GRADED)
@@ -317,7 +317,7 @@ def test_wording_swap_reads_other_wordings_of_the_pairs_edit(tiny_model):
 
 
 def test_family_wordings_are_train_wordings_and_their_filler_variants():
-    from streamedit_core.train import synthetic
+    from streamedit_core.data import synthetic
     from streamedit_core.train.refine import family_wordings
     words = family_wordings(["hue_blue", "pixelate"], fillers=2)
     for family, ws in words.items():
@@ -352,7 +352,7 @@ def test_prompt_anchors_snap_the_refiners_prompt_to_the_nearest(refined_model, f
     for the empty prompt; the refiner then reads the nearest anchor (after layer norm) instead of
     the prompt's own view, so wordings near one anchor refine alike, and the empty prompt refines as
     before. The anchors survive a checkpoint; the rest of the model is untouched."""
-    from streamedit_core.train import synthetic
+    from streamedit_core.data import synthetic
     from streamedit_core.train.refine import NO_EDIT, with_prompt_anchors
     families = ["grayscale", "hue_red", "invert"]
     model = with_prompt_anchors(refined_model, fake_text, families)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from streamedit_core.config import PRESETS
-from streamedit_core.sampler import (StreamSampler, activation_bytes_per_frame, flow_timesteps,
+from streamedit_core.stream.sampler import (StreamSampler, activation_bytes_per_frame, flow_timesteps,
                                      frame_noise, sample_offline)
 from streamedit_core.types import TextEmbedding
 

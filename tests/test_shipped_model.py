@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from streamedit_core.checkpoint import read_checkpoint_config, read_checkpoint_metadata
+from streamedit_core.io.checkpoint import read_checkpoint_config, read_checkpoint_metadata
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "streamedit_demo.safetensors"
 MAX_MB = 40.0  # the limit for a binary in the repo

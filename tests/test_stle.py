@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from streamedit_core.config import PRESETS, STLEConfig
-from streamedit_core.stle import STLE, CausalCache
+from streamedit_core.model.stle import STLE, CausalCache
 
 ATOL = 1e-5
 
@@ -250,7 +250,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_init_linear_path_starts_at_pca():
     """After init_linear_path, encode -> decode is exactly the projection onto the top
     principal components of the 4 x 8 x 8 pixel blocks, which beats an untrained STLE by far."""
-    from streamedit_core.train.synthetic import photo_clip
+    from streamedit_core.data.synthetic import photo_clip
 
     clips = torch.stack([photo_clip("coffee", frames=8, size=32, seed=s).permute(3, 0, 1, 2)
                          for s in range(4)])  # [4, 3, 8, 32, 32], real photo content

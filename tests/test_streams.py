@@ -4,8 +4,8 @@ import threading
 import pytest
 import torch
 
-from streamedit_core.pipeline import StreamEditor
-from streamedit_core.streams import StreamRegistry
+from streamedit_core.stream.editor import StreamEditor
+from streamedit_core.stream.registry import StreamRegistry
 
 from model_helpers import FakeTextEncoder as FakeText
 

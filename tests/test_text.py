@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from streamedit_core.config import PRESETS, TextMemberConfig
-from streamedit_core.dit import StreamEditDiT
-from streamedit_core.text import (BUILTIN_MINILM, MemberSpec, TextEnsemble, list_ensembles,
+from streamedit_core.model.dit import StreamEditDiT
+from streamedit_core.model.text import (BUILTIN_MINILM, MemberSpec, TextEnsemble, list_ensembles,
                                   minilm_folder)
 from streamedit_core.types import TextEmbedding
 from tests import text_helpers as th
@@ -191,7 +191,7 @@ def test_works_without_torchvision_timm_open_clip(tiny_root):
         "import sys\n"
         "for name in ('torchvision', 'timm', 'open_clip'):\n"
         "    sys.modules[name] = None  # find_spec() -> None, import -> ImportError: not installed\n"
-        "from streamedit_core.text import TextEnsemble\n"
+        "from streamedit_core.model.text import TextEnsemble\n"
         f"for ens in (TextEnsemble.from_folder({str(tiny_root / 'tiny-paper')!r}), TextEnsemble.minilm(16)):\n"
         "    assert all(m.any() for m in ens.encode('make it red').masks)\n"
         "print('ok')\n")
@@ -264,7 +264,7 @@ def test_empty_prompt_is_the_null_embedding(tiny):
 
 def test_too_long_prompt_is_truncated_with_a_warning(tiny, caplog):
     prompt = " ".join(["make it red"] * 20)
-    with caplog.at_level(logging.WARNING, logger="streamedit_core.text"):
+    with caplog.at_level(logging.WARNING, logger="streamedit_core.model.text"):
         emb = tiny.encode(prompt)
     for cfg, mask in zip(tiny.member_configs, emb.masks):
         assert mask.all() and mask.shape == (1, cfg.max_tokens)

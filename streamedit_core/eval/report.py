@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import write_atomic
+from ..io.files import write_atomic
 from .metrics import COLUMNS
 
 GUTTER = 2  # pixels of white between the tiles of the contact sheet

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..pipeline import StreamEditor, pad_tail
-from ..sampler import sample_offline
+from ..stream.editor import StreamEditor, pad_tail
+from ..stream.sampler import sample_offline
 from .benchmark import Pair
 from .classifier import EditClassifier
 from .metrics import clip_metrics, overall_quality

@@ -2,7 +2,6 @@
 importing the package costs nothing.
 
 config.py     TrainConfig / DataConfig (the JSON stage files in configs/train/)
-synthetic.py  edit families, paraphrases, photos under camera motion, splits (also the benchmark's)
 data.py       JSONL manifest of mp4 pairs, latent shards, the position-based batch order
 textbank.py   prompt embeddings encoded once (and the text cache file)
 partitions.py ASW partition schemes (noise levels of a training window)

@@ -93,7 +93,7 @@ def _run(argv: Sequence[str], distill: bool) -> int:
     from .trainer import Trainer
     try:
         if not distill and args.encode_text:
-            from ..checkpoint import read_checkpoint_config
+            from ..io.checkpoint import read_checkpoint_config
             from ..config import get_preset
             from .textbank import save_text_cache
             from .trainer import build_dataset, build_text, training_prompts

@@ -109,7 +109,7 @@ class ManifestDataset:
 
     def load(self, index: int, rng: random.Random) -> dict:
         """Row `index` (0-based among the usable rows) with crop randomness from rng."""
-        from ..video import VideoReader
+        from ..io.video import VideoReader
 
         line_no, src_path, tgt_path, prompt = self.rows[index]
         where = f"manifest {self.path} row {line_no}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..sampler import flow_timesteps, velocity
+from ..stream.sampler import flow_timesteps, velocity
 from ..types import TextEmbedding
 
 

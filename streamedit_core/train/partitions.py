@@ -21,7 +21,7 @@ import re
 import torch
 from torch import Tensor
 
-from ..sampler import flow_timesteps
+from ..stream.sampler import flow_timesteps
 
 GRID = 1000  # fine grid over the shifted schedule
 _CHUNK = re.compile(r"^chunk([1-9][0-9]*)$")

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import RefinerConfig
-from . import synthetic
+from ..data import synthetic
 from .config import TrainConfig
-from .fillers import filler_variants
+from ..data.fillers import filler_variants
 
 log = logging.getLogger(__name__)
 

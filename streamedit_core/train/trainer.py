@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..model import StreamEditModel
 from ..types import TextEmbedding
 from . import dist as D
@@ -44,8 +44,8 @@ from .distill import segment_levels, teacher_velocity
 from .losses import (edit_energy, edit_weights, flow_loss, pixel_channel_weights, reconstruction_loss,
                      squared_error, stream_consistency_loss, temporal_consistency_loss)
 from .partitions import window_levels
-from .synthetic import SyntheticEditDataset
-from .fillers import filler_variants
+from ..data.synthetic import SyntheticEditDataset
+from ..data.fillers import filler_variants
 from .textbank import CachedText, RandomText, TextBank
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def build_text(cfg: TrainConfig, model_config):
         return cached
     if cfg.text == "random":
         return RandomText(members)
-    from ..text import TextEnsemble
+    from ..model.text import TextEnsemble
     if cfg.text == "minilm":
         try:
             return TextEnsemble.builtin_for(model_config)

@@ -19,8 +19,8 @@ from comfy_testdata import (CHECKPOINT, CLIP, CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, 
 
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory) -> Path:
-    from streamedit_core.checkpoint import save_checkpoint
-    from streamedit_core.video import VideoWriter
+    from streamedit_core.io.checkpoint import save_checkpoint
+    from streamedit_core.io.video import VideoWriter
 
     if not (COMFYUI_ROOT / "main.py").is_file():
         pytest.fail(f"no ComfyUI at {COMFYUI_ROOT}: run `make comfyui` (the Makefile's test target does)")

@@ -71,7 +71,7 @@ def read_images(base: Path, results: list[dict]) -> np.ndarray:
 
 
 def read_video(path: Path) -> torch.Tensor:
-    from streamedit_core.video import VideoReader
+    from streamedit_core.io.video import VideoReader
     return torch.cat(list(VideoReader(path, chunk_frames=64)))
 
 
@@ -113,10 +113,10 @@ def stream_prompt(object_info: dict, stream_id: str, chunk: int, chunk_frames: i
 
 def reference_stream(base: Path, video: str, chunk_frames: int, chunks: int, steps: int = 2):
     """What the core StreamEditor gives for the same chunks, one result per chunk."""
-    from streamedit_core.checkpoint import load_checkpoint
-    from streamedit_core.pipeline import StreamEditor
-    from streamedit_core.text import TextEnsemble
-    from streamedit_core.video import VideoReader
+    from streamedit_core.io.checkpoint import load_checkpoint
+    from streamedit_core.stream.editor import StreamEditor
+    from streamedit_core.model.text import TextEnsemble
+    from streamedit_core.io.video import VideoReader
 
     # Loaded as ComfyUI does (nodes run under inference mode): CPU kernels can round in the
     # last bit differently when the weights require grad.

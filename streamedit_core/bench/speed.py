@@ -35,8 +35,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
-from .files import write_atomic
+from ..config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
+from ..io.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def versions() -> dict[str, Any]:
 def git_commit() -> dict[str, Any]:
     """The checkout's commit and whether tracked files differ from it. Outside git (a copy of
     the tree on a device machine) the commit is $STREAMEDIT_COMMIT when set, dirty unknown."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
 
     def git(*a: str) -> str | None:
         try:
@@ -166,7 +166,7 @@ def flex_block_mask(block_mask: torch.Tensor, block_size: int, length: int):
     """
     from torch.nn.attention.flex_attention import BlockMask
 
-    from .attention import block_lists
+    from ..model.dsa import block_lists
 
     counts, indices = block_lists(block_mask)  # [B, H, nq], [B, H, nq, nk]
 
@@ -201,8 +201,8 @@ def bench_attention(config: ModelConfig, *, size: int, window: int, densities: S
                     device: torch.device, dtype: torch.dtype, flex: str = "compiled",
                     warmup: int = 3, iters: int = 10, seed: int = 0) -> dict[str, Any]:
     """Median ms per call of dense SDPA, flex_attention (same mask) and ours at each density."""
-    from . import attention as A
-    from . import dsa_kernel
+    from ..model import attention as A
+    from ..model import dsa
 
     s = attention_shapes(config, size, window)
     B, L, H, D, ft, bs = s["batch"], s["tokens"], s["heads"], s["head_dim"], s["frame_tokens"], s["block_size"]
@@ -252,8 +252,8 @@ def bench_attention(config: ModelConfig, *, size: int, window: int, densities: S
         if "flex" not in entry:
             entry["flex"] = {"backend": "flex", "error": flex_error}
         rows.append(entry)
-    return {"shapes": s, "flex_mode": flex, "ours_impl": dsa_kernel.implementation(device, dtype, D, bs),
-            "ours_rows_per_cta": dsa_kernel.rows_per_cta(bs), "rows": rows}
+    return {"shapes": s, "flex_mode": flex, "ours_impl": dsa.implementation(device, dtype, D, bs),
+            "ours_rows_per_cta": dsa.rows_per_cta(bs), "rows": rows}
 
 
 def attention_targets(result: dict[str, Any], applies: bool) -> dict[str, Any]:
@@ -348,8 +348,8 @@ def compile_dit(model, *, cuda_graphs: bool) -> None:
 def build_text(config: ModelConfig, text: str):
     """(encoder, description). "auto": the built-in MiniLM where the preset's members fit it,
     else fixed random token states of the members' shapes (`RandomText`)."""
-    from .text import TextEnsemble
-    from .train.textbank import RandomText
+    from ..model.text import TextEnsemble
+    from ..train.textbank import RandomText
 
     if text in ("auto", "builtin"):
         try:
@@ -379,9 +379,9 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
     preset's window_max): the ASW's largest window, so the cost does not depend on the content,
     and the DiT sees one shape in steady state (one CUDA graph).
     """
-    from . import dsa_kernel
-    from .model import StreamEditModel
-    from .pipeline import StreamEditor, check_frame_size
+    from ..model import dsa
+    from ..model import StreamEditModel
+    from ..stream.editor import StreamEditor, check_frame_size
 
     check_frame_size(config, size, size)
     if cuda_graphs and device.type != "cuda":
@@ -440,7 +440,7 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
     result = {
         "size": [size, size], "frames_fed": n_chunks * stride, "frames_out": sum(outs),
         "chunk_frames": stride, "steps": steps, "backend": backend or config.dit.attention,
-        "dsa_impl": dsa_kernel.implementation(device, dtype, config.dit.hidden_size // config.dit.num_heads,
+        "dsa_impl": dsa.implementation(device, dtype, config.dit.hidden_size // config.dit.num_heads,
                                               config.dit.dsa_block_size),
         "history_frames": history, "history_frames_at_end": history_end,
         "window_frames": history + steps,
@@ -581,7 +581,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cuda_graphs and device.type != "cuda":
         raise ValueError(f"--cuda-graphs needs CUDA; the device is {device}")
     densities = _densities(args.densities)
-    from .pipeline import check_frame_size
+    from ..stream.editor import check_frame_size
     check_frame_size(config, args.size, args.size)
     applies = device.type == "cuda" and args.preset == "2b" and args.size == 512
     results: dict[str, Any] = {}

@@ -19,8 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention as attention_fn
 from .attention import sdpa
-from .config import ATTENTION_BACKENDS, DiTConfig
-from .types import TextEmbedding
+from ..config import ATTENTION_BACKENDS, DiTConfig
+from ..types import TextEmbedding
 
 NUM_TEXT_REGISTERS = 4  # learned text tokens that are always attended: the null prompt stays defined
 TEXT_POOL_SCORE_DIM = 64  # hidden width of the "attention" text pooling's per-token score

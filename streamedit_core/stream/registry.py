@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .pipeline import StreamEditor, to_frames
+from .editor import StreamEditor, to_frames
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .buffer import StreamState
-from .config import DiTConfig, SamplerConfig
-from .types import TextEmbedding
+from ..config import DiTConfig, SamplerConfig
+from ..types import TextEmbedding
 
 # Content counts as static (the window may grow) when the relative latent distance between
 # consecutive source latents is below this fraction of the scene-cut threshold.

@@ -3,7 +3,7 @@ CuPy) behind one `torch.library` custom op, with the exact torch reference as fa
 
 `torch.ops.streamedit.dsa_attention(q, k, v, kv_counts, kv_indices, block_size)`:
   q [B, Lq, H, D], k, v [B, Lk, H, D]; kv_counts [B, H, nq] int32 and kv_indices [B, H, nq, nk]
-  int32 (`attention.block_lists` of a block mask): query block i of head h keeps key blocks
+  int32 (`block_lists` of a block mask): query block i of head h keeps key blocks
   kv_indices[b, h, i, :kv_counts[b, h, i]], ascending. Returns [B, Lq, H, D]; softmax scale
   1 / sqrt(D); a query block keeping no key block gets zeros.
 
@@ -20,9 +20,10 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-KERNEL_SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "dsa_attention.cu"
+KERNEL_SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "dsa_attention.cu"
 HEAD_DIMS = (64, 128)
 BLOCK_SIZES = (64, 128)
 TILE_N = 64  # keys per tile, as in the kernel
@@ -31,17 +32,47 @@ TILE_N = 64  # keys per tile, as in the kernel
 VARIANTS = tuple((d, b, r) for d in HEAD_DIMS for b in BLOCK_SIZES for r in (64, 128) if b % r == 0)
 
 
+# --- block lists --------------------------------------------------------------------------
+
+def block_lists(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Block mask [..., nq, nk] bool -> the kernel's (and flex_attention's) block lists.
+
+    Returns kv_counts [..., nq] int32 (kept blocks per query block) and kv_indices [..., nq, nk]
+    int32 whose first kv_counts entries per row are the kept key blocks, ascending (the rest is
+    padding). Fixed-stride CSR: no `nonzero`, so no host sync and one shape per mask shape.
+    """
+    counts = mask.sum(-1, dtype=torch.int32)
+    # kept block columns first, in increasing order (stable sort of the 0/1 flags)
+    indices = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts, indices
+
+
+def lists_to_block_mask(kv_counts: Tensor, kv_indices: Tensor) -> Tensor:
+    """Block lists -> [..., nq, nk] bool block mask: the inverse of `block_lists`."""
+    nk = kv_indices.shape[-1]
+    used = torch.arange(nk, device=kv_indices.device) < kv_counts[..., None].long()  # [..., nq, nk]
+    # unused entries go to an extra column, dropped after: no write can clobber a kept block
+    cols = torch.where(used, kv_indices.long(), nk)
+    mask = torch.zeros(*kv_indices.shape[:-1], nk + 1, dtype=torch.bool, device=kv_indices.device)
+    return mask.scatter_(-1, cols, True)[..., :nk]
+
+
+def expand_block_mask(block_mask: Tensor, block_size: int, lq: int, lk: int) -> Tensor:
+    """[..., nq, nk] block mask -> [..., lq, lk] token mask (partial last blocks cropped)."""
+    m = block_mask.repeat_interleave(block_size, dim=-2)[..., :lq, :]
+    return m.repeat_interleave(block_size, dim=-1)[..., :lk]
+
+
 # --- the reference ---------------------------------------------------------------------------
 
 def reference(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Tensor,
               block_size: int) -> Tensor:
     """Exact attention restricted to the listed blocks (materialises the token mask). Same
     contract as the op; rows that keep no key get zeros, like the kernel."""
-    from .attention import expand_block_mask, lists_to_block_mask, sdpa
-
     Lq, Lk = q.shape[1], k.shape[1]
-    mask = expand_block_mask(lists_to_block_mask(kv_counts, kv_indices), block_size, Lq, Lk)
-    out = sdpa(q, k, v, mask)  # [B, Lq, H, D]; NaN on rows with no key
+    mask = expand_block_mask(lists_to_block_mask(kv_counts, kv_indices), block_size, Lq, Lk)  # [B, H, Lq, Lk]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask).transpose(1, 2)  # [B, Lq, H, D]; NaN on rows with no key
     has_key = mask.any(-1).transpose(1, 2)[..., None]  # [B, Lq, H, 1]
     return torch.where(has_key, out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import RefinerConfig
+from ..config import RefinerConfig
 
 
 class PixelRefiner(nn.Module):

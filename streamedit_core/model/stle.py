@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import STLEConfig
+from ..config import STLEConfig
 
 
 # --- Cache ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ token `i` belongs to frame `i // frame_tokens`.
   dense boolean mask (the reference the tests compare against).
 - `dsa`:    a block mask built from the features themselves by `dsa_block_mask` (the one mask
   rule), turned into per-query-block lists of kept key blocks (`block_lists`), then exact
-  attention restricted to them by `torch.ops.streamedit.dsa_attention` (`dsa_kernel`): the CUDA
+  attention restricted to them by `torch.ops.streamedit.dsa_attention` (`dsa`): the CUDA
   kernel on bf16 CUDA tensors, the torch reference elsewhere.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import dsa_kernel  # noqa: F401  (registers torch.ops.streamedit.dsa_attention)
-from .config import ATTENTION_BACKENDS
+from .dsa import block_lists  # importing .dsa registers torch.ops.streamedit.dsa_attention
+from ..config import ATTENTION_BACKENDS
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str, *, frame_tokens: int,
@@ -160,43 +160,14 @@ def dsa_block_mask(q: Tensor, k: Tensor, *, block_size: int, density: float, fra
     return mask | forced
 
 
-def expand_block_mask(block_mask: Tensor, block_size: int, lq: int, lk: int) -> Tensor:
-    """[..., nq, nk] block mask -> [..., lq, lk] token mask (partial last blocks cropped)."""
-    m = block_mask.repeat_interleave(block_size, dim=-2)[..., :lq, :]
-    return m.repeat_interleave(block_size, dim=-1)[..., :lk]
-
-
 def dsa_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, density: float,
                   frame_tokens: int, global_kv: Tensor | None = None) -> Tensor:
     """DSA: exact attention restricted to `dsa_block_mask`. [B, L, H, D] -> same.
 
     Runs `torch.ops.streamedit.dsa_attention` on the mask's block lists: the CUDA kernel where
-    it applies (`dsa_kernel.kernel_supports`), else the torch reference. No host sync either way.
+    it applies (`dsa.kernel_supports`), else the torch reference. No host sync either way.
     """
     block_mask = dsa_block_mask(q, k, block_size=block_size, density=density,
                                 frame_tokens=frame_tokens, global_kv=global_kv)
     counts, indices = block_lists(block_mask)
     return torch.ops.streamedit.dsa_attention(q, k, v, counts, indices, block_size)
-
-
-def block_lists(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Block mask [..., nq, nk] bool -> the kernel's (and flex_attention's) block lists.
-
-    Returns kv_counts [..., nq] int32 (kept blocks per query block) and kv_indices [..., nq, nk]
-    int32 whose first kv_counts entries per row are the kept key blocks, ascending (the rest is
-    padding). Fixed-stride CSR: no `nonzero`, so no host sync and one shape per mask shape.
-    """
-    counts = mask.sum(-1, dtype=torch.int32)
-    # kept block columns first, in increasing order (stable sort of the 0/1 flags)
-    indices = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
-    return counts, indices
-
-
-def lists_to_block_mask(kv_counts: Tensor, kv_indices: Tensor) -> Tensor:
-    """Block lists -> [..., nq, nk] bool block mask: the inverse of `block_lists`."""
-    nk = kv_indices.shape[-1]
-    used = torch.arange(nk, device=kv_indices.device) < kv_counts[..., None].long()  # [..., nq, nk]
-    # unused entries go to an extra column, dropped after: no write can clobber a kept block
-    cols = torch.where(used, kv_indices.long(), nk)
-    mask = torch.zeros(*kv_indices.shape[:-1], nk + 1, dtype=torch.bool, device=kv_indices.device)
-    return mask.scatter_(-1, cols, True)[..., :nk]

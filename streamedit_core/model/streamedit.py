@@ -7,11 +7,11 @@ from torch.nn import functional as F
 
 from torch import Tensor
 
-from .config import ModelConfig, get_preset
+from ..config import ModelConfig, get_preset
 from .dit import StreamEditDiT
 from .refiner import PixelRefiner
 from .stle import STLE
-from .types import TextEmbedding
+from ..types import TextEmbedding
 
 
 class StreamEditModel(nn.Module):

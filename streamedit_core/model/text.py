@@ -48,8 +48,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .config import TEXT_KINDS, DiTConfig, ModelConfig, TextMemberConfig
-from .types import TextEmbedding
+from ..config import TEXT_KINDS, DiTConfig, ModelConfig, TextMemberConfig
+from ..types import TextEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -339,6 +339,18 @@ class TextEnsemble:
                              f"(kind/dim/max_tokens), not the built-in MiniLM "
                              f"(one sentence/{_MINILM_DIM} member); give the folder of its ensemble")
         ensemble = cls.minilm(members[0].max_tokens, device=device, dtype=dtype, cache_size=cache_size)
+        ensemble.check_compatible(config)
+        return ensemble
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, folder: str | Path | None = None, *,
+                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                  cache_size: int = 256) -> "TextEnsemble":
+        """The text encoder of a model: the ensemble in `folder` (its ensemble.json), or the
+        built-in MiniLM where no folder is given; checked against `config` either way."""
+        if folder is None:
+            return cls.builtin_for(config, device=device, dtype=dtype, cache_size=cache_size)
+        ensemble = cls.from_folder(folder, device=device, dtype=dtype, cache_size=cache_size)
         ensemble.check_compatible(config)
         return ensemble
 

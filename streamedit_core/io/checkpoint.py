@@ -25,9 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
+from ..config import PRESETS, ModelConfig
+from ..model import StreamEditModel
 from .files import publish
-from .model import StreamEditModel
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]
             raise ValueError(
                 f"{str(path)!r} looks like a PyTorch pickle checkpoint; StreamEdit loads "
                 "safetensors only (unpickling can run arbitrary code). Re-save the state dict with "
-                "safetensors.torch.save_file, or with streamedit_core.checkpoint.save_checkpoint")
+                "safetensors.torch.save_file, or with streamedit_core.io.checkpoint.save_checkpoint")
         bad = f"{str(path)!r} is not a valid safetensors file (truncated?)"
         if len(head) < 8:
             raise ValueError(f"{bad}: {size} bytes")
@@ -210,6 +210,25 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
         raise RuntimeError(f"load_checkpoint cannot materialise {left[:3]}: not in the state dict")
     log.info("loaded checkpoint %s (%s) on %s", path, config.name, dev)
     return model.eval()
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | None = None, seed: int = 0,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamEditModel:
+    """The one loader of the CLI, eval, training recipes and benchmarks: the model of a checkpoint
+    file, or random weights of a preset (seeded by `seed`; for tests and speed work).
+
+    dtype None: as stored, except on the CPU, which computes half precision slowly and
+    imprecisely: a half-precision checkpoint (the shipped demo model) runs in float32 there.
+    """
+    if (checkpoint is None) == (preset is None):
+        raise ValueError("give a model: a checkpoint (.safetensors) or a preset name "
+                         f"(one of {sorted(PRESETS)}), not both")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        return StreamEditModel.from_preset(preset, seed=seed, device=device, dtype=dtype)
+    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
+    return load_checkpoint(checkpoint, device=device, dtype=dtype or (torch.float32 if on_cpu else None))
 
 
 def _check_entries(path: Path, entries: dict[str, dict[str, Any]],

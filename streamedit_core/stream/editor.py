@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .sampler import StreamSampler
-from .types import TextEmbedding
+from ..types import TextEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def edit_video(model, text_encoder, in_path: str | os.PathLike, out_path: str | 
     estimate for some formats). Returns {"frames", "seconds", "fps", "width", "height",
     "video_fps"} where fps is the editing speed in frames per second.
     """
-    from .video import VideoReader, VideoWriter  # PyAV only when files are involved
+    from ..io.video import VideoReader, VideoWriter  # PyAV only when files are involved
 
     check_prompt(prompt)
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)

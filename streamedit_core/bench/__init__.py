@@ -1,0 +1,1 @@
+"""Speed benchmarks: attention backends and the streaming editor (`speed`)."""

@@ -1,0 +1,1 @@
+"""Files: video in and out (PyAV, streamed), checkpoints (safetensors), atomic writes."""
