@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
-from .streaming import STREAMS
 from .video import EditVideo, LoadVideoChunk
 
 NODES: list[type[io.ComfyNode]] = [
@@ -15,11 +15,28 @@ NODES: list[type[io.ComfyNode]] = [
 ]
 
 
+def _finish_streams_with_jobs(prompt_queue) -> None:
+    """Commit or roll back the streams a job touched as soon as ComfyUI's worker reports the job
+    done (`PromptQueue.task_done`, called on the worker thread with the job's status), so that
+    nothing read later (history, which "Clear History" empties) decides it."""
+    original = prompt_queue.task_done
+    if getattr(original, "streamedit_hook", False):
+        return
+
+    def task_done(item_id, history_result, status=None, *args, **kwargs):
+        running = prompt_queue.currently_running.get(item_id)  # (number, prompt_id, ...)
+        if running is not None:
+            REGISTRY.finish(running[1], succeeded=status is not None and status.status_str == "success")
+        return original(item_id, history_result, status, *args, **kwargs)
+
+    task_done.streamedit_hook = True
+    prompt_queue.task_done = task_done
+
+
 def _drop_streams_on_free():
     """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
     drops every stream's state, like ComfyUI drops its caches. It runs on the server thread, so
-    the state is only marked dropped here; the worker releases it at the next StreamEdit node
-    (see `StreamRegistry.clear`)."""
+    the state is only marked dropped here; the worker releases it (see `StreamRegistry.clear`)."""
     from aiohttp import web
 
     @web.middleware
@@ -28,7 +45,7 @@ def _drop_streams_on_free():
         if request.method == "POST" and request.path in ("/free", "/api/free") and response.status == 200:
             body = await request.json()
             if body.get("unload_models") or body.get("free_memory"):
-                STREAMS.clear()
+                REGISTRY.clear()
         return response
 
     return middleware
@@ -47,4 +64,5 @@ async def comfy_entrypoint() -> StreamEditExtension:
     app = PromptServer.instance.app
     if not app.frozen:  # middlewares can only be added before the server starts
         app.middlewares.append(_drop_streams_on_free())
+    _finish_streams_with_jobs(PromptServer.instance.prompt_queue)
     return StreamEditExtension()

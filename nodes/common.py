@@ -1,4 +1,5 @@
-"""What the StreamEdit nodes share: our ComfyUI types, model folders, safe file paths, devices.
+"""What the StreamEdit nodes share: our ComfyUI types, model folders, safe file paths, devices,
+progress, and the job a node runs in.
 
 Only imported inside ComfyUI (the package's `__init__.py` checks for `comfy_api` first).
 """
@@ -9,12 +10,16 @@ from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.model import StreamEditModel
 from ..streamedit_core.model.text import TextEnsemble
+from ..streamedit_core.stream.registry import REGISTRY, Stream
+from ..streamedit_core.stream.schedule import PromptSchedule
 
 CATEGORY = "StreamEdit"
 MODEL_FOLDER = "streamedit"  # ComfyUI/models/streamedit/*.safetensors
@@ -121,20 +126,37 @@ def pick_dtype(choice: str) -> torch.dtype | None:
 
 
 @dataclass(frozen=True)
-class PromptSchedule:
-    """What STREAMEDIT_TEXT carries: prompts starting at video frame indices (the first at 0),
-    each new one blended in over `transition_frames`."""
+class EditText:
+    """What STREAMEDIT_TEXT carries: the text encoder and the prompt schedule (one prompt, or
+    prompts switched at given video frames)."""
     encoder: TextEnsemble
-    entries: tuple[tuple[int, str], ...]
-    transition_frames: int = 0
+    schedule: PromptSchedule
 
-    @property
-    def first(self) -> str:
-        return self.entries[0][1]
 
-    def switches_in(self, start: int, stop: int) -> list[tuple[int, str]]:
-        """Entries after the first whose frame lies in [start, stop)."""
-        return [(f, p) for f, p in self.entries[1:] if start <= f < stop]
+def progress_bar():
+    """A `progress(done, total)` callback for the core's loops: ComfyUI's progress bar, and
+    its interrupt (raised from the callback, between two latent frames)."""
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        mm.throw_exception_if_processing_interrupted()
+        total = max(total, done, 1)
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return progress
+
+
+def open_stream(model: "LoadedModel", stream_id: str, chunk_index: int) -> Stream | None:
+    """The stream this job works on (None for a whole clip: empty stream_id); the core registry
+    commits or rolls it back when ComfyUI reports the job done (nodes/__init__.py)."""
+    if not stream_id:
+        return None
+    context = get_executing_context()
+    return REGISTRY.open(stream_id, chunk_index, key=model.patcher,
+                         job=context.prompt_id if context is not None else None)
 
 
 def check_model_latent(latent: dict, model: StreamEditModel, what: str) -> torch.Tensor:

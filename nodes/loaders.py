@@ -7,10 +7,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..streamedit_core.config import PRESETS
-from ..streamedit_core.stream.editor import check_prompt
 from ..streamedit_core.model.text import TextEnsemble, list_ensembles
-from .common import (CATEGORY, MODEL_FOLDER, LoadedModel, ModelType, PromptSchedule,
-                     TextEncoderType, TextType, load_model, manage, pick_dtype, resolve_inside)
+from ..streamedit_core.stream.schedule import PromptSchedule
+from .common import (CATEGORY, MODEL_FOLDER, EditText, LoadedModel, ModelType, TextEncoderType, TextType,
+                     load_model, manage, pick_dtype, resolve_inside)
 
 FROM_CHECKPOINT = "from checkpoint"
 RANDOM_WEIGHTS = "none (random weights)"
@@ -123,15 +123,11 @@ class TextEnsembleLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LoadedModel, ensemble: str) -> io.NodeOutput:
-        config = model.model.config
-        if ensemble == BUILTIN_MINILM:
-            try:
-                return io.NodeOutput(TextEnsemble.builtin_for(config))
-            except ValueError as e:
-                raise ValueError(f"{model.name!r}: {e}") from e
-        encoder = TextEnsemble.from_folder(cls._find(ensemble))
-        encoder.check_compatible(config)
-        return io.NodeOutput(encoder)
+        folder = None if ensemble == BUILTIN_MINILM else cls._find(ensemble)
+        try:
+            return io.NodeOutput(TextEnsemble.for_model(model.model.config, folder))
+        except ValueError as e:
+            raise ValueError(f"{model.name!r}: {e}") from e
 
     @staticmethod
     def _find(name: str) -> str:
@@ -159,29 +155,9 @@ class TextEnsembleEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: TextEnsemble, prompt: str) -> io.NodeOutput:
-        check_prompt(prompt)
+        schedule = PromptSchedule.single(prompt)
         text_encoder.encode([prompt])  # encode now (cached): a bad prompt fails here
-        return io.NodeOutput(PromptSchedule(text_encoder, ((0, prompt),)))
-
-
-def parse_schedule(schedule: str) -> tuple[tuple[int, str], ...]:
-    """'frame: prompt' lines -> ((frame, prompt), ...) sorted, starting at frame 0."""
-    entries = []
-    for number, line in enumerate(schedule.splitlines(), 1):
-        if not line.strip():
-            continue
-        frame, sep, prompt = line.partition(":")
-        if not sep or not frame.strip().isdigit():
-            raise ValueError(f"prompt schedule line {number} {line!r}: expected 'frame: prompt', "
-                             "e.g. '0: make it a watercolor painting'")
-        entries.append((int(frame), check_prompt(prompt.strip())))
-    entries.sort(key=lambda e: e[0])
-    if not entries or entries[0][0] != 0:
-        raise ValueError(f"the prompt schedule must start at frame 0, got {schedule!r}")
-    frames = [f for f, _ in entries]
-    if len(set(frames)) != len(frames):
-        raise ValueError(f"the prompt schedule names a frame twice: {frames}")
-    return tuple(entries)
+        return io.NodeOutput(EditText(text_encoder, schedule))
 
 
 class PromptScheduleNode(io.ComfyNode):
@@ -207,6 +183,6 @@ class PromptScheduleNode(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder: TextEnsemble, schedule: str,
                 transition_frames: int = 8) -> io.NodeOutput:
-        entries = parse_schedule(schedule)
-        text_encoder.encode([p for _, p in entries])
-        return io.NodeOutput(PromptSchedule(text_encoder, entries, transition_frames))
+        parsed = PromptSchedule.parse(schedule, transition_frames)
+        text_encoder.encode(list(parsed.prompts))  # encode now (cached): a bad prompt fails here
+        return io.NodeOutput(EditText(text_encoder, parsed))

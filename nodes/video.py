@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 
-import comfy.model_management as mm
-import comfy.utils
 import folder_paths
 from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 
-from ..streamedit_core.stream.editor import StreamEditor, check_frame_size
-from ..streamedit_core.io.video import VideoReader, VideoWriter
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, LoadedModel, ModelType, PromptSchedule,
-                     TextType, resolve_inside)
+from ..streamedit_core.io.video import ChunkReader, VideoReader
+from ..streamedit_core.stream.edit import edit_video
+from ..streamedit_core.stream.editor import check_frame_size
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, EditText, LoadedModel, ModelType, TextType,
+                     progress_bar, resolve_inside)
 
-CHUNK_FRAMES = 16
+# Files that Load Video Chunk reads, left open between jobs (closed on /free).
+CHUNK_READER = ChunkReader()
 
 
 def _input_videos() -> list[str]:
@@ -76,80 +76,19 @@ class EditVideo(io.ComfyNode):
         return os.path.getmtime(path) if os.path.isfile(path) else video
 
     @classmethod
-    def execute(cls, model: LoadedModel, text: PromptSchedule, video: str, seed: int, steps: int,
+    def execute(cls, model: LoadedModel, text: EditText, video: str, seed: int, steps: int,
                 window_min: int = 1, window_max: int = 4,
                 filename_prefix: str = "streamedit/edit") -> io.NodeOutput:
         source = resolve_inside(folder_paths.get_input_directory(), video, "video")
         m = model.get()
-        reader = VideoReader(source, chunk_frames=CHUNK_FRAMES)
+        reader = VideoReader(source)  # the header: the output's size
         check_frame_size(m.config, reader.height, reader.width)
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
-        editor = StreamEditor(m, text.encoder, text.first, seed=seed, steps=steps,
-                              window_min=window_min, window_max=window_max, attention=model.attention)
-        bar = comfy.utils.ProgressBar(max(reader.num_frames, 1))
-        done = 0
-        with VideoWriter(path, reader.fps, reader.width, reader.height) as writer:
-            for chunk in reader:
-                mm.throw_exception_if_processing_interrupted()
-                start = done
-                # Split the chunk where the schedule switches prompts (feeding in pieces gives
-                # the same frames: the editor works one latent frame at a time).
-                for frame, prompt in text.switches_in(start, start + chunk.shape[0]):
-                    writer.write(editor.feed(chunk[done - start:frame - start]))
-                    editor.set_prompt(prompt, text.transition_frames)
-                    done = frame
-                writer.write(editor.feed(chunk[done - start:]))
-                done = start + chunk.shape[0]
-                bar.update_absolute(done, max(reader.num_frames, done))
-            writer.write(editor.flush())
+        edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
+                   window_min=window_min, window_max=window_max, attention=model.attention,
+                   progress=progress_bar())
         return io.NodeOutput(VideoFromFile(path), ui=ui.PreviewVideo(
             [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
-
-
-class _ChunkCursor:
-    """A file being decoded chunk by chunk, left open between jobs: when jobs ask for chunks in
-    order (one queued job per chunk), each costs one chunk of decoding, not all those before it."""
-
-    def __init__(self, path: str, chunk_frames: int):
-        self.mtime = os.stat(path).st_mtime_ns
-        self.reader = VideoReader(path, chunk_frames=chunk_frames)
-        self.chunks = iter(self.reader)
-        self.next_index = 0
-
-    def close(self) -> None:
-        self.chunks.close()  # the generator's finally closes the container
-
-
-_CURSORS: dict[tuple[str, int], _ChunkCursor] = {}  # (path, chunk_frames) -> cursor, oldest first
-MAX_CURSORS = 4
-
-
-def read_chunk(path: str, chunk_index: int, chunk_frames: int, name: str):
-    """Chunk `chunk_index` of `path` ([T, H, W, 3] float) and the file's fps; ValueError naming
-    the video `name` past its end."""
-    key = (path, chunk_frames)
-    cursor = _CURSORS.pop(key, None)
-    if cursor is not None and (cursor.next_index > chunk_index or cursor.mtime != os.stat(path).st_mtime_ns):
-        cursor.close()  # a repeat, a restart, or a changed file: decode from the start again
-        cursor = None
-    cursor = cursor or _ChunkCursor(path, chunk_frames)
-    try:
-        while True:
-            chunk = next(cursor.chunks)
-            cursor.next_index += 1
-            if cursor.next_index - 1 == chunk_index:
-                break
-    except StopIteration:
-        cursor.close()
-        raise ValueError(f"video {name!r} has no chunk {chunk_index}: it holds "
-                         f"{cursor.next_index} chunks of up to {chunk_frames} frames") from None
-    except BaseException:
-        cursor.close()
-        raise
-    _CURSORS[key] = cursor
-    while len(_CURSORS) > MAX_CURSORS:
-        _CURSORS.pop(next(iter(_CURSORS))).close()
-    return chunk, cursor.reader.fps
 
 
 class LoadVideoChunk(io.ComfyNode):
@@ -187,5 +126,5 @@ class LoadVideoChunk(io.ComfyNode):
         if chunk_frames % 4:
             raise ValueError(f"chunk_frames must be a multiple of 4, got {chunk_frames}")
         path = resolve_inside(folder_paths.get_input_directory(), video, "video")
-        chunk, fps = read_chunk(path, chunk_index, chunk_frames, video)
+        chunk, fps = CHUNK_READER.read(path, chunk_index, chunk_frames)
         return io.NodeOutput(chunk, float(fps))

@@ -33,7 +33,13 @@ def _edit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m streamedit_core edit",
                                 description="Edit a video file with a text prompt.")
     p.add_argument("input", help="input video (mp4, mov, mkv, ...)")
-    p.add_argument("-p", "--prompt", required=True, help="the edit, e.g. 'make it a watercolor painting'")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("-p", "--prompt", help="the edit, e.g. 'make it a watercolor painting'")
+    what.add_argument("--schedule", help="prompts switched at video frames: 'frame: prompt' entries separated "
+                                         "by ';', the first at frame 0, e.g. '0: make it sepia; 48: make it "
+                                         "a pencil sketch'")
+    p.add_argument("--transition", type=int, default=0,
+                   help="with --schedule: video frames over which each new prompt is blended in (default 0)")
     p.add_argument("-o", "--output", required=True, help="output video path (written atomically)")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", help="a StreamEdit .safetensors checkpoint")
@@ -69,9 +75,11 @@ def main_edit(argv: Sequence[str]) -> int:
 
     import torch
 
-    from .stream.editor import check_prompt, edit_video
+    from .stream.edit import edit_video
+    from .stream.schedule import PromptSchedule, check_prompt
 
-    check_prompt(args.prompt)
+    prompt = (PromptSchedule.parse(args.schedule, args.transition) if args.schedule is not None
+              else check_prompt(args.prompt))
     if not os.path.exists(args.input):
         raise UsageError(f"input video not found: {args.input!r}")
     out_dir = os.path.dirname(os.path.abspath(args.output))
@@ -93,7 +101,7 @@ def main_edit(argv: Sequence[str]) -> int:
         bar.update(done - bar.n)
 
     try:
-        summary = edit_video(model, text, args.input, args.output, args.prompt, seed=args.seed,
+        summary = edit_video(model, text, args.input, args.output, prompt, seed=args.seed,
                              steps=args.steps, cfg_scale=args.cfg_scale, progress=progress,
                              chunk_frames=args.chunk_frames)
     finally:

@@ -10,7 +10,8 @@ import torch
 
 from streamedit_core.config import PRESETS, STLEConfig
 from streamedit_core.model import StreamEditModel
-from streamedit_core.stream.editor import StreamEditor, check_frame_size, edit_video
+from streamedit_core.stream.edit import edit_video
+from streamedit_core.stream.editor import StreamEditor, check_frame_size
 from model_helpers import FakeTextEncoder as FakeText
 
 
@@ -237,7 +238,7 @@ def test_load_state_dict_bad_input(tiny_model, fake_text):
     editor = StreamEditor(tiny_model, fake_text, "x")
     with pytest.raises(TypeError, match="must be a dict, got list"):
         editor.load_state_dict([])
-    with pytest.raises(ValueError, match="version 1: version 99"):
+    with pytest.raises(ValueError, match="version 2: version 99"):
         editor.load_state_dict({**editor.state_dict(), "version": 99})
     other = StreamEditor(tiny_model, fake_text, "x", steps=3).state_dict()
     with pytest.raises(ValueError, match="'steps': 3.*'steps': 6"):

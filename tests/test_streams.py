@@ -1,5 +1,8 @@
-"""Stream registry: chunks across jobs == one StreamEditor; chunk_index rules; interrupts."""
+"""Stream registry: chunks across jobs == one StreamEditor; chunk_index rules; interrupts; jobs
+as transactions over several opens; clear() releasing on the worker thread."""
+import logging
 import threading
+import weakref
 
 import pytest
 import torch
@@ -61,7 +64,7 @@ def test_chunk_zero_restarts_and_reset_clear(setup):
     assert torch.equal(out, ref)
     reg.feed_chunk("a", 0, frames[:4], **kw)
     reg.feed_chunk("b", 0, frames[:4], **kw)
-    assert reg.reset("a") and not reg.reset("a") and len(reg) == 1
+    assert reg.drop("a") and not reg.drop("a") and len(reg) == 1
     reg.clear()
     assert len(reg) == 0 and reg.next_chunk("b") == 0
 
@@ -128,3 +131,76 @@ def test_threads_feeding_different_streams(setup):
     for t in threads:
         t.join()
     assert not errors and torch.equal(results["a"], ref) and torch.equal(results["b"], ref)
+
+
+class Counter:
+    """A stream part: anything with state_dict/load_state_dict."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, d):
+        self.value = d["value"]
+
+
+def test_a_job_commits_or_rolls_back_every_open_as_one():
+    reg = StreamRegistry()
+    s = reg.open("s", 0, key="m", job="j1")
+    s.part("c", Counter).value = 1
+    assert reg.open("s", 0, key="m", job="j1") is s  # a second node of the same job
+    reg.finish("j1", succeeded=True)
+    assert reg.next_chunk("s") == 1
+    # a failed job: its changes are undone, the same chunk can be queued again
+    reg.open("s", 1, key="m", job="j2").part("c", Counter).value = 2
+    with pytest.raises(ValueError, match="nodes of one job disagree on chunk_index \\(1 and 2\\)"):
+        reg.open("s", 2, key="m", job="j2")
+    reg.finish("j2", succeeded=False)
+    assert reg.next_chunk("s") == 1 and reg.open("s", 1, key="m", job="j3").parts["c"].value == 1
+    reg.finish("j3", succeeded=True)
+    # a failed restart puts the stream it replaced back; a failed start leaves nothing
+    reg.open("s", 0, key="m", job="j4").part("c", lambda: Counter(5))
+    reg.finish("j4", succeeded=False)
+    assert reg.next_chunk("s") == 2 and reg.open("s", 2, key="m", job="j5").parts["c"].value == 1
+    reg.finish("j5", succeeded=True)
+    reg.open("t", 0, key="m", job="j6")
+    reg.finish("j6", succeeded=False)
+    assert "t" not in reg
+
+
+def test_open_checks_before_it_changes_anything(caplog):
+    reg = StreamRegistry()
+    reg.open("s", 0, key="m", job=None).part("c", Counter)  # outside a job: committed at once
+    assert reg.next_chunk("s") == 1
+    with pytest.raises(ValueError, match="started with another model"):
+        reg.open("s", 1, key="other", job="j1")
+    with pytest.raises(ValueError, match="was started \\(chunk 0\\) without a node that keeps its d"):
+        reg.open("s", 1, key="m", job="j2").part("d", Counter)
+    reg.finish("j2", succeeded=False)
+    # a job that ComfyUI never reported (the hook missing): counted as done when the next arrives
+    reg.open("s", 1, key="m", job="j3")
+    with caplog.at_level(logging.WARNING):
+        reg.open("s", 2, key="m", job="j4")
+    assert "job 'j3' was never reported finished" in caplog.text
+
+
+def test_clear_releases_on_the_thread_that_runs_jobs():
+    """/free drops streams from ComfyUI's server thread; what they held (possibly a model's last
+    reference, whose release runs ComfyUI's model finalizer) is released by the worker's next
+    open or finish, never concurrently with the worker's own unloading (that race killed it)."""
+    class Model:
+        pass
+
+    released_on = []
+    reg, owner = StreamRegistry(), Model()
+    reg.open("s", 0, key=owner, job=None)
+    weakref.finalize(owner, lambda: released_on.append(threading.current_thread().name))
+    del owner
+    server = threading.Thread(target=reg.clear, name="server")
+    server.start()
+    server.join()
+    assert "s" not in reg and released_on == []
+    reg.open("t", 0, key=Model(), job=None)  # the worker's next node
+    assert released_on == [threading.current_thread().name]

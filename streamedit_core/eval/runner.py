@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..stream.editor import StreamEditor, pad_tail
+from ..stream.edit import edit_clip
+from ..stream.editor import pad_tail
 from ..stream.sampler import sample_offline
 from .benchmark import Pair
 from .classifier import EditClassifier
@@ -29,11 +30,10 @@ BASELINES = ("none", "per-frame", "full-steps", "stle-round-trip")
 
 def edit_stream(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int | None = None,
                 history: bool = True) -> Tensor:
-    """The StreamEditor's output for the pair's source [T, H, W, 3] (all T frames, fed at once
-    then flushed; the output does not depend on chunking). history=False: window 0."""
+    """The StreamEditor's output for the pair's source [T, H, W, 3] (`edit_clip`).
+    history=False: window 0."""
     window = {} if history else {"window_min": 0, "window_max": 0}
-    editor = StreamEditor(model, text_encoder, pair.prompt, seed=seed, steps=steps, **window)
-    return torch.cat([editor.feed(pair.source), editor.flush()])
+    return edit_clip(model, text_encoder, pair.source, pair.prompt, seed=seed, steps=steps, **window)
 
 
 @torch.no_grad()

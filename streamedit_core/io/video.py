@@ -132,6 +132,60 @@ class VideoReader:
             container.close()
 
 
+class ChunkReader:
+    """Chunk `chunk_index` of a file, with its decoder left open between calls: when chunks are
+    asked for in order (one queued job per chunk), each costs one chunk of decoding, not all
+    those before it. A repeat, a jump back or a changed file (its mtime) decodes from the
+    start again. Holds up to `max_open` files open, the least recently used closed first."""
+
+    def __init__(self, max_open: int = 4) -> None:
+        self.max_open = max_open
+        self._open: dict[tuple[str, int], _Cursor] = {}  # (path, chunk_frames) -> cursor, oldest first
+
+    def read(self, path: str | os.PathLike, chunk_index: int, chunk_frames: int) -> tuple[Tensor, Fraction]:
+        """(chunk [T, H, W, 3] float, the file's fps); ValueError naming the file past its end."""
+        path = os.fspath(path)
+        key = (path, chunk_frames)
+        cursor = self._open.pop(key, None)
+        if cursor is not None and (cursor.next_index > chunk_index or cursor.mtime != os.stat(path).st_mtime_ns):
+            cursor.close()
+            cursor = None
+        cursor = cursor or _Cursor(path, chunk_frames)
+        try:
+            while True:
+                chunk = next(cursor.chunks)
+                cursor.next_index += 1
+                if cursor.next_index - 1 == chunk_index:
+                    break
+        except StopIteration:
+            cursor.close()
+            raise ValueError(f"video {Path(path).name!r} has no chunk {chunk_index}: it holds "
+                             f"{cursor.next_index} chunks of up to {chunk_frames} frames") from None
+        except BaseException:
+            cursor.close()
+            raise
+        self._open[key] = cursor
+        while len(self._open) > self.max_open:
+            self._open.pop(next(iter(self._open))).close()
+        return chunk, cursor.reader.fps
+
+    def close(self) -> None:
+        """Close every open file."""
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class _Cursor:
+    def __init__(self, path: str, chunk_frames: int) -> None:
+        self.mtime = os.stat(path).st_mtime_ns
+        self.reader = VideoReader(path, chunk_frames=chunk_frames)
+        self.chunks = iter(self.reader)
+        self.next_index = 0
+
+    def close(self) -> None:
+        self.chunks.close()  # the generator's finally closes the container
+
+
 def _to_float(frames: list[np.ndarray]) -> Tensor:
     """list of [H, W, 3] uint8 -> [T, H, W, 3] float32 in [0, 1]."""
     return torch.from_numpy(np.stack(frames)).to(torch.float32).div_(255.0)

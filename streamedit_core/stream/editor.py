@@ -1,4 +1,4 @@
-"""StreamEditor: the one API that the ComfyUI nodes and the CLI call, and `edit_video`.
+"""StreamEditor: the one editing API that the ComfyUI nodes, the CLI and eval call.
 
 Frames go through in units of exactly one latent frame (4 video frames): STLE encode (causal
 cache) -> streaming sampler (one DiT forward) -> STLE decode (causal cache). Incoming frames
@@ -8,29 +8,26 @@ output is bit-identical whatever chunk sizes the frames arrive in.
 Lifecycle: `feed` returns the edited frames that are ready (none during the warm-up of
 steps - 1 latent frames); `flush` pads a tail that is not a multiple of 4 by repeating the last
 frame, drains the frames still in flight, trims the output to the number of frames fed and
-starts a new stream. `set_prompt` switches prompts (optionally blended over a transition),
-`reset` starts a new stream, `state_dict`/`load_state_dict` snapshot and restore everything.
+starts a new stream. `set_prompt` switches prompts (optionally blended over a transition), a
+`PromptSchedule` switches them at given frames, `reset` starts a new stream,
+`state_dict`/`load_state_dict` snapshot and restore everything.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
-import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from .sampler import StreamSampler
 from ..types import TextEmbedding
+from .sampler import StreamSampler
+from .schedule import PromptSchedule, check_prompt
 
-log = logging.getLogger(__name__)
-
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 # --- input checks (the one place user input to the editor is validated) -----------------
@@ -49,15 +46,6 @@ def check_frame_size(config: ModelConfig, height: int, width: int) -> None:
     raise ValueError(f"frame size (height x width) {height} x {width} is not supported: both must be "
                      f"multiples of {m} for this model; nearest valid sizes: {', '.join(options)} "
                      "(resize or crop the video)")
-
-
-def check_prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise ValueError(f"prompt is empty ({prompt!r}); describe the edit, e.g. "
-                         "'make it a watercolor painting'")
-    return prompt
 
 
 def to_frames(frames: Any) -> Tensor:
@@ -119,15 +107,17 @@ class StreamEditor:
     """Edits one video stream with one model; see the module docstring.
 
     model: a `StreamEditModel` (its device and dtype are used). text_encoder: anything with
-    `encode(list[str]) -> TextEmbedding` and `null(batch)` (a `TextEnsemble`). steps, cfg_scale,
-    window_min, window_max default to the model's `SamplerConfig`.
+    `encode(list[str]) -> TextEmbedding` and `null(batch)` (a `TextEnsemble`). prompt: one
+    prompt, or a `PromptSchedule` (prompts switched at given frames of the stream). steps,
+    cfg_scale, window_min, window_max default to the model's `SamplerConfig`.
     """
 
-    def __init__(self, model, text_encoder, prompt: str, *, seed: int = 0,
+    def __init__(self, model, text_encoder, prompt: str | PromptSchedule, *, seed: int = 0,
                  steps: int | None = None, cfg_scale: float | None = None,
                  window_min: int | None = None, window_max: int | None = None,
                  attention: str | None = None) -> None:
-        check_prompt(prompt)
+        schedule = prompt if isinstance(prompt, PromptSchedule) else None
+        prompt = schedule.first if schedule is not None else check_prompt(prompt)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         check = getattr(text_encoder, "check_compatible", None)
@@ -151,8 +141,11 @@ class StreamEditor:
         self._target: str | None = None  # prompt being blended in, if a transition runs
         self._switch_start = 0  # forward count at which the transition began
         self._switch_len = 1  # its length in forwards (= latent frames)
+        self._schedule: PromptSchedule | None = None
         self._reset_counters()
         self._embed(prompt)  # a prompt or encoder the model cannot use fails here, not mid-stream
+        if schedule is not None:
+            self.set_schedule(schedule)
 
     def _reset_counters(self) -> None:
         self._pending = torch.zeros(0, 0, 0, 3, device=self.device)  # < 4 frames waiting
@@ -213,10 +206,30 @@ class StreamEditor:
     def set_prompt(self, prompt: str, transition_frames: int = 0) -> None:
         """Switch to `prompt` from the next latent frame on; with transition_frames > 0 the text
         embeddings are blended over ceil(transition_frames / 4) latent frames. The history
-        window drops to window_min (frames edited with the old prompt would hold it back)."""
+        window drops to window_min (frames edited with the old prompt would hold it back).
+        Replaces a schedule, if one was set."""
         check_prompt(prompt)
         if not isinstance(transition_frames, int) or transition_frames < 0:
             raise ValueError(f"transition_frames must be an int >= 0, got {transition_frames!r}")
+        self._schedule = None
+        self._switch(prompt, transition_frames)
+
+    @property
+    def schedule(self) -> PromptSchedule | None:
+        return self._schedule
+
+    def set_schedule(self, schedule: PromptSchedule) -> None:
+        """Follow `schedule` from the next latent frame on: each latent frame is edited with the
+        prompt the schedule names at its last video frame (frames count from the stream's start),
+        a change blended in over the schedule's transition_frames. Every prompt is encoded now,
+        so a bad one fails here and not mid-stream."""
+        if not isinstance(schedule, PromptSchedule):
+            raise TypeError(f"expected a PromptSchedule, got {type(schedule).__name__}")
+        for prompt in schedule.prompts:
+            self._embed(prompt, keep=schedule.prompts)
+        self._schedule = schedule
+
+    def _switch(self, prompt: str, transition_frames: int) -> None:
         if prompt == self.prompt:
             return
         self._embed(prompt)  # encode now: a bad prompt/encoder fails here, not mid-stream
@@ -230,6 +243,13 @@ class StreamEditor:
         with torch.inference_mode():
             self.sampler.shrink(self._state)
 
+    def _follow_schedule(self) -> None:
+        """Before a source latent frame enters: switch to the prompt the schedule names at its
+        last video frame."""
+        if self._schedule is not None:
+            frame = (self._state.next_index + 1) * self._tstride - 1
+            self._switch(self._schedule.prompt_at(frame), self._schedule.transition_frames)
+
     # latent-level entry points (ComfyUI's latent nodes run the STLE themselves)
     @property
     def stream_state(self):
@@ -240,6 +260,7 @@ class StreamEditor:
         """One sampler step on a source latent [C, h, w] with the editor's prompt (and running
         transition); returns the edited latent [C, h, w] float32 or None during warm-up."""
         with torch.inference_mode():
+            self._follow_schedule()
             return self.sampler.step(self._state, src, *self._texts_for_step())
 
     def drain_latent(self) -> Tensor | None:
@@ -250,9 +271,12 @@ class StreamEditor:
             return self.sampler.drain(self._state, *self._texts_for_step())
 
     def reset(self) -> None:
-        """Start a new stream (same prompt, seed and settings); buffers are kept and reused."""
+        """Start a new stream (same prompt or schedule, seed and settings); buffers are kept
+        and reused."""
         if self._target is not None:
             self._prompt, self._target = self._target, None
+        if self._schedule is not None:  # a new stream starts at the schedule's frame 0
+            self._prompt = self._schedule.first
         with torch.inference_mode():
             self._enc_cache.reset()
             self._dec_cache.reset()
@@ -276,6 +300,7 @@ class StreamEditor:
             "target": self._target,
             "switch_start": self._switch_start,
             "switch_len": self._switch_len,
+            "schedule": self._schedule,  # frozen: shared, not copied
         })
 
     def load_state_dict(self, d: dict) -> None:
@@ -298,6 +323,7 @@ class StreamEditor:
         self._forwards = d["forwards"]
         self._prompt, self._target = d["prompt"], d["target"]
         self._switch_start, self._switch_len = d["switch_start"], d["switch_len"]
+        self._schedule = d["schedule"]
 
     # -- internals --
 
@@ -313,7 +339,7 @@ class StreamEditor:
             raise ValueError(f"frame size changed mid-stream from {h0} x {w0} to {height} x {width} "
                              "(height x width); reset() the editor (chunk_index 0) to start a new stream")
 
-    def _embed(self, prompt: str) -> TextEmbedding:
+    def _embed(self, prompt: str, keep: tuple[str, ...] = ()) -> TextEmbedding:
         emb = self._texts.get(prompt)
         if emb is None:
             emb = self.text_encoder.encode([prompt])
@@ -327,7 +353,8 @@ class StreamEditor:
                                  "use the text ensemble the model was trained with")
             emb = emb.to(self.device, self.model.dtype)
             # Keep only the prompts in use: a long session of prompt switches stays bounded.
-            self._texts = {p: e for p, e in self._texts.items() if p in (self._prompt, self._target)}
+            in_use = {self._prompt, self._target, *keep, *(self._schedule.prompts if self._schedule else ())}
+            self._texts = {p: e for p, e in self._texts.items() if p in in_use}
             self._texts[prompt] = emb
         return emb
 
@@ -350,6 +377,7 @@ class StreamEditor:
         """frames [4, H, W, 3] -> edited frames [4, H, W, 3], or None during warm-up."""
         x = frames.permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, 4, H, W]
         src = self.model.stle.encode(x, self._enc_cache, check_finite=False)  # [1, C, 1, h, w]
+        self._follow_schedule()
         latent = self.sampler.step(self._state, src[0, :, 0], *self._texts_for_step())
         return self._decode(latent)
 
@@ -368,50 +396,3 @@ class StreamEditor:
         out = out[:max(0, self._frames_in - self._frames_out)]
         self._frames_out += out.shape[0]
         return out.float().cpu()
-
-
-# --- whole files ---------------------------------------------------------------------------
-def edit_video(model, text_encoder, in_path: str | os.PathLike, out_path: str | os.PathLike,
-               prompt: str, seed: int = 0, steps: int | None = None, cfg_scale: float | None = None,
-               *, window_min: int | None = None, window_max: int | None = None,
-               attention: str | None = None,
-               progress: Callable[[int, int], None] | None = None,
-               chunk_frames: int = 16) -> dict[str, Any]:
-    """Edit a video file into another, chunk by chunk (memory bounded by the window, not the
-    video). The output has the input's frame count, size and frame rate; it is written
-    atomically (a failure or an interrupt leaves no file). `progress(done, total)` is called
-    after each chunk and may raise to interrupt (total is the container's frame count, an
-    estimate for some formats). Returns {"frames", "seconds", "fps", "width", "height",
-    "video_fps"} where fps is the editing speed in frames per second.
-    """
-    from ..io.video import VideoReader, VideoWriter  # PyAV only when files are involved
-
-    check_prompt(prompt)
-    in_path, out_path = os.fspath(in_path), os.fspath(out_path)
-    if os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path):
-        raise ValueError(f"output path {out_path!r} is the input file; choose another output")
-    reader = VideoReader(in_path, chunk_frames=chunk_frames)
-    check_frame_size(model.config, reader.height, reader.width)
-    editor = StreamEditor(model, text_encoder, prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
-                          window_min=window_min, window_max=window_max, attention=attention)
-    total = reader.num_frames
-    start = time.perf_counter()
-    with VideoWriter(out_path, reader.fps, reader.width, reader.height) as writer:
-        done = 0
-        for chunk in reader:
-            out = editor.feed(chunk)
-            if out.shape[0]:
-                writer.write(out)
-            done += chunk.shape[0]
-            if progress is not None:
-                progress(done, max(total, done))
-        out = editor.flush()
-        if out.shape[0]:
-            writer.write(out)
-        frames = writer.frames_written
-    seconds = time.perf_counter() - start
-    summary = {"frames": frames, "seconds": seconds, "fps": frames / max(seconds, 1e-9),
-               "width": reader.width, "height": reader.height, "video_fps": float(reader.fps)}
-    log.info("edited %d frames of %s in %.1f s (%.1f fps) -> %s", frames, in_path, seconds,
-             summary["fps"], out_path)
-    return summary

@@ -62,10 +62,10 @@ def refiner_data(model, text_encoder, pairs, wordings: dict[str, list[str]] | No
     """Stream every pair through `model` (refiner off) and keep what the refiner learns from;
     with `wordings` (family -> prompts, e.g. `family_wordings`), also the refiner's view of
     each of those, for every family that a pair has."""
-    from ..eval.runner import edit_stream  # the inference path itself, not a copy of it
+    from ..stream.edit import edit_clip  # the inference path itself, not a copy of it
     refiner, model.refiner = model.refiner, None
     try:
-        outputs = [edit_stream(model, text_encoder, p) for p in pairs]
+        outputs = [edit_clip(model, text_encoder, p.source, p.prompt) for p in pairs]
     finally:
         model.refiner = refiner
     pooled = torch.cat([model.refiner_prompt(text_encoder.encode([p.prompt])).float() for p in pairs])
