@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not comfyui and not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP) comfyui
-	$(PY) scripts/demo.py
+	$(PY) -m streamedit_core demo
 
 # Train the shipped demo model (STLE -> DiT with SCM + ASW partitions -> distillation), then eval.
 train-demo: $(STAMP)

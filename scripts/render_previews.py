@@ -1,6 +1,6 @@
 """Render workflows/<name>.png: each workflow as the real ComfyUI web UI shows it (headless Chromium).
 
-    .venv/bin/python scripts/render_previews.py [--chromium chromium]
+    PYTHONPATH=. .venv/bin/python scripts/render_previews.py [--chromium chromium]
 
 Starts a throw-away ComfyUI with our nodes plus a one-file web extension (only in that
 throw-away base directory, never shipped) that loads the workflow named in the page's URL,
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comfy_harness import REPO, ComfyServer
+from streamedit_core.bench.comfyui import REPO, ComfyServer
 
 LOADER = "streamedit_preview_loader"
 LOADER_JS = """

@@ -21,7 +21,8 @@ _FORWARDED = {
     "train": ("streamedit_core.train.cli", "main_train"),
     "distill": ("streamedit_core.train.cli", "main_distill"),
     "eval": ("streamedit_core.eval.cli", "main"),
-    "bench": ("streamedit_core.bench.speed", "main"),
+    "bench": ("streamedit_core.bench.cli", "main"),
+    "demo": ("streamedit_core.bench.demo", "main"),
 }
 
 
@@ -137,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  train     train a model (SCM loss, ASW partitions)\n"
               "  distill   progressive distillation to a 6-step CFG-free student\n"
               "  eval      score a model on the V2V edit benchmark (JSON, Markdown, contact sheet)\n"
-              "  bench     speed of the streaming editor\n\n"
+              "  bench     speed of the streaming editor (bench comfyui: through a real ComfyUI)\n"
+              "  demo      the edit-a-video workflow in a real, headless ComfyUI (make demo)\n\n"
               "python -m streamedit_core COMMAND --help for a command's options.")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]

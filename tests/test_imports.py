@@ -27,7 +27,8 @@ CORE = REPO / "streamedit_core"
 COMFY = ("comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "nodes")
 FORBIDDEN = COMFY + ("torchvision", "open_clip", "timm", "PIL")
 TOLERATED_FROM_DEPENDENCIES = ("PIL",)  # e.g. an image library pulling in Pillow: reported only
-NOT_AT_IMPORT = ("cupy",)  # the kernel compiler: loaded on first use, never at import
+# loaded on first use, never at import: the kernel compiler, the ComfyUI client's WebSocket
+NOT_AT_IMPORT = ("cupy", "websocket")
 
 
 def core_modules() -> list[str]:

@@ -522,7 +522,9 @@ def format_tables(result: dict[str, Any]) -> str:
 # --- command line --------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m streamedit_core bench",
-                                description="Speed of the attention backends and of the streaming editor.")
+                                description="Speed of the attention backends and of the streaming editor. "
+                                            "(`bench comfyui --help`: the chunk-streaming workflow in a real "
+                                            "ComfyUI against the core.)")
     p.add_argument("mode", nargs="?", default="all", choices=("attention", "stream", "all"))
     p.add_argument("--preset", default="2b", help=f"model preset, random weights ({', '.join(PRESETS)})")
     p.add_argument("--size", type=int, default=512, help="frame height = width in pixels")

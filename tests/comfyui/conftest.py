@@ -5,16 +5,13 @@ input/, and custom_nodes/comfyui-streamedit linked to this repo.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# The harness is shared with `make demo` (scripts/demo.py), so it lives in scripts/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer
 from comfy_testdata import (CHECKPOINT, CLIP, CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, LONG_CLIP, ODD_CLIP,
                             THREADS, clip_frames, make_test_model)
+from streamedit_core.bench.comfyui import COMFYUI_ROOT, ComfyClient, ComfyServer
 
 
 @pytest.fixture(scope="session")

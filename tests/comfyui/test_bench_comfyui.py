@@ -1,11 +1,14 @@
-"""scripts/bench_comfyui.py: the chunk-streaming workflow job after job in a real ComfyUI, against
-the core StreamEditor on the same chunks (small: the tiny preset at 32 px)."""
+"""`python -m streamedit_core bench comfyui` (bench/comfyui_bench.py): the chunk-streaming workflow
+job after job in a real ComfyUI, against the core StreamEditor on the same chunks (small: the tiny
+preset at 32 px)."""
 from __future__ import annotations
 
 import json
 
 import pytest
-from bench_comfyui import main
+
+from streamedit_core.bench.comfyui_bench import main
+from streamedit_core.cli import main as cli_main
 
 pytestmark = pytest.mark.comfyui
 
@@ -37,3 +40,13 @@ def test_jobs_and_core_measured_on_the_same_chunks(tmp_path, capsys):
 def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
     assert main([*args, "--base", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_cli_forwards_bench_comfyui_and_demo(tmp_path, capsys):
+    assert cli_main(["bench", "comfyui", "--size", "30", "--base", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "--size must be a positive multiple of 8, got 30" in capsys.readouterr().err
+    for argv in (["bench", "comfyui", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(argv)
+        assert e.value.code == 0
+        assert f"python -m streamedit_core {' '.join(argv[:-1])}" in capsys.readouterr().out

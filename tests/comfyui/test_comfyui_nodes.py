@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_harness import COMFYUI_ROOT, REPO, PromptRejected, ui_to_api
 from comfy_testdata import (CHECKPOINT, CLIP, CLIP_FRAMES, CLIP_SIZE, LONG_CLIP, ODD_CLIP,
                             torch_threads)
+from streamedit_core.bench.comfyui import COMFYUI_ROOT, REPO, PromptRejected, ui_to_api
 
 pytestmark = pytest.mark.comfyui
 

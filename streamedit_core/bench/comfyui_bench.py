@@ -10,8 +10,8 @@ median job time - median core chunk time (both core runs' timed chunks). Writes
 `bench/results/<name>.json` like `python -m streamedit_core bench` (device, versions, commit,
 arguments, results).
 
-    .venv/bin/python scripts/bench_comfyui.py                      # shipped demo model, 128 px
-    .venv/bin/python scripts/bench_comfyui.py --model demo --size 512 --gpu  # random demo weights, CUDA
+    .venv/bin/python -m streamedit_core bench comfyui                      # shipped demo model, 128 px
+    .venv/bin/python -m streamedit_core bench comfyui --model demo --size 512 --gpu  # random demo weights, CUDA
 
 The text encoder is the loader node's built-in MiniLM, so the model must take it (shipped, tiny,
 demo); the 2b and 10b presets need an ensemble folder of their members, which none ships.
@@ -30,21 +30,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from ..config import PRESETS
+from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..model import StreamEditModel
+from . import speed as bench
+from .comfyui import COMFYUI_ROOT, REPO, SHIPPED_MODEL, ComfyClient, ComfyServer, ui_to_api
 
-from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer, ui_to_api  # noqa: E402
-from streamedit_core.bench import speed as bench  # noqa: E402
-from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from streamedit_core.config import PRESETS  # noqa: E402
-from streamedit_core.model import StreamEditModel  # noqa: E402
-
-SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
 WORKFLOW = REPO / "workflows" / "stream_chunks.json"
 CLIP_NAME = "bench_pan.mp4"
 CLIP_FPS = 24
@@ -69,7 +64,7 @@ def place_model(spec: str, models_dir: Path) -> tuple[str, Path]:
 
 
 def write_clip(path: Path, size: int, frames: int) -> None:
-    from streamedit_core.io.video import VideoWriter
+    from ..io.video import VideoWriter
 
     video = bench.pan(bench.pattern_texture(size), 0, frames)  # uint8 [T, H, W, 3]
     with VideoWriter(path, CLIP_FPS, size, size) as writer:
@@ -125,9 +120,9 @@ def run_comfyui(base: Path, model: str, args: argparse.Namespace) -> dict[str, A
 
 def run_core(path: Path, clip: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The same chunks through StreamEditor: read chunk k from the file, feed it, frames to host."""
-    from streamedit_core.stream.editor import StreamEditor
-    from streamedit_core.model.text import TextEnsemble
-    from streamedit_core.io.video import VideoReader
+    from ..io.video import VideoReader
+    from ..model.text import TextEnsemble
+    from ..stream.editor import StreamEditor
 
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.bfloat16 if args.gpu else torch.float32  # the loader node's "auto"
@@ -195,8 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m streamedit_core bench comfyui",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="shipped",
                     help=f"'shipped' (models/{SHIPPED_MODEL.name}), a preset with random weights "
                          f"({', '.join(PRESETS)}), or a .safetensors path")
@@ -213,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--base", type=Path, default=REPO / ".cache" / "bench-comfyui",
                     help="ComfyUI's base directory (models/, input/, output/) for the run")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -228,7 +224,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['core']['median_s'] * 1e3:.0f} ms; overhead per job {r['overhead_per_job_s'] * 1e3:.0f} ms")
     print(f"-> {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

