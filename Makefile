@@ -37,7 +37,7 @@ demo: $(STAMP) comfyui
 
 # Train the shipped demo model (STLE -> DiT with SCM + ASW partitions -> distillation), then eval.
 train-demo: $(STAMP)
-	$(PY) scripts/train_demo.py $(TRAIN_ARGS)
+	$(PY) -m streamedit_core train-demo $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

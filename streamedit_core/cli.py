@@ -1,4 +1,4 @@
-"""`python -m streamedit_core {edit,train,distill,eval,bench} ...`
+"""`python -m streamedit_core {edit,train,distill,train-demo,eval,bench} ...`
 
 `edit` is implemented here; the other subcommands forward their arguments to their modules
 (imported only when asked for). Bad input ends with one line `error: <message>` on stderr and
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 _FORWARDED = {
     "train": ("streamedit_core.train.cli", "main_train"),
     "distill": ("streamedit_core.train.cli", "main_distill"),
+    "train-demo": ("streamedit_core.train.recipe", "main"),
     "eval": ("streamedit_core.eval.cli", "main"),
     "bench": ("streamedit_core.bench.cli", "main"),
     "demo": ("streamedit_core.bench.demo", "main"),
@@ -134,12 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = ["edit", *_FORWARDED]
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m streamedit_core {{{','.join(commands)}}} ...\n\n"
-              "  edit      edit a video file with a text prompt\n"
-              "  train     train a model (SCM loss, ASW partitions)\n"
-              "  distill   progressive distillation to a 6-step CFG-free student\n"
-              "  eval      score a model on the V2V edit benchmark (JSON, Markdown, contact sheet)\n"
-              "  bench     speed of the streaming editor (bench comfyui: through a real ComfyUI)\n"
-              "  demo      the edit-a-video workflow in a real, headless ComfyUI (make demo)\n\n"
+              "  edit        edit a video file with a text prompt (or a prompt schedule)\n"
+              "  train       train a model (SCM loss, ASW partitions)\n"
+              "  distill     progressive distillation to a 6-step CFG-free student\n"
+              "  train-demo  the demo model end to end: stages, refiner, fp16 export, eval against targets\n"
+              "  eval        score a model on the V2V edit benchmark (JSON, Markdown, contact sheet)\n"
+              "  bench       speed of the streaming editor (bench comfyui: through a real ComfyUI)\n"
+              "  demo        the edit-a-video workflow in a real, headless ComfyUI (make demo)\n\n"
               "python -m streamedit_core COMMAND --help for a command's options.")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]

@@ -79,6 +79,30 @@ def test_temporal_coherence_penalises_flicker_and_shuffling_not_static_error():
     assert M.temporal_coherence(gt[:1], gt[:1]) == 1.0
 
 
+def test_flicker_is_the_mean_frame_to_frame_change():
+    still = torch.rand(1, 8, 8, 3).expand(5, -1, -1, -1)
+    assert M.flicker(still) == 0.0 and M.flicker(still[:1]) == 0.0
+    ramp = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 4, 4, 3) * 0.1  # +0.1 per frame everywhere
+    assert M.flicker(ramp) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"clip must be a clip \[T, H, W, 3\]"):
+        M.flicker(ramp[..., 0])
+
+
+def test_flicker_ratio_and_the_pooled_ratio_are_made_of_flicker():
+    gt = moving_clip(frames=12)
+    sign = torch.tensor([(-1.0) ** t for t in range(12)]).view(-1, 1, 1, 1)
+    out = (gt + 0.1 * sign).clamp(0, 1)
+    eps = M.FLICKER_EPS
+    assert M.flicker_ratio(out, gt) == (M.flicker(out) + eps) / (M.flicker(gt) + eps)
+    # Pooled: the ratio of the mean flickers, not the mean of the per-clip ratios.
+    pooled = M.pooled_flicker([out, gt], [gt, gt])
+    assert pooled["flicker"] == pytest.approx((M.flicker(out) + M.flicker(gt)) / 2)
+    assert pooled["flicker_ground_truth"] == pytest.approx(M.flicker(gt))
+    assert pooled["flicker_ratio"] == pooled["flicker"] / pooled["flicker_ground_truth"]
+    with pytest.raises(ValueError, match="as many outputs as targets"):
+        M.pooled_flicker([out], [])
+
+
 def test_flicker_ratio_is_one_for_the_ground_truth_and_above_one_for_flicker():
     gt = moving_clip(frames=12)
     assert M.flicker_ratio(gt, gt) == 1.0

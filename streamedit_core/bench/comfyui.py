@@ -32,8 +32,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 COMFYUI_ROOT = REPO / ".cache" / "comfyui" / "ComfyUI"
 PACKAGE_LINK = "comfyui-streamedit"
-# The demo model `make train-demo` exports (scripts/train_demo.py's EXPORT_NAME), shipped in models/.
-SHIPPED_MODEL = REPO / "models" / "streamedit_demo.safetensors"
 
 
 def free_port() -> int:

@@ -38,7 +38,8 @@ from ..config import PRESETS
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..model import StreamEditModel
 from . import speed as bench
-from .comfyui import COMFYUI_ROOT, REPO, SHIPPED_MODEL, ComfyClient, ComfyServer, ui_to_api
+from ..io.checkpoint import SHIPPED_MODEL
+from .comfyui import COMFYUI_ROOT, REPO, ComfyClient, ComfyServer, ui_to_api
 
 WORKFLOW = REPO / "workflows" / "stream_chunks.json"
 CLIP_NAME = "bench_pan.mp4"

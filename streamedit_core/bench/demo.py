@@ -30,7 +30,8 @@ from ..eval.report import write_png
 from ..io.checkpoint import save_checkpoint
 from ..io.video import VideoReader
 from ..model import StreamEditModel
-from .comfyui import COMFYUI_ROOT, REPO, SHIPPED_MODEL, ComfyClient, ComfyServer, ui_to_api
+from ..io.checkpoint import SHIPPED_MODEL
+from .comfyui import COMFYUI_ROOT, REPO, ComfyClient, ComfyServer, ui_to_api
 
 WORKFLOW = REPO / "workflows" / "edit_video_file.json"
 log = logging.getLogger(__name__)

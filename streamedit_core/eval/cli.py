@@ -1,15 +1,15 @@
 """`python -m streamedit_core eval`: score a model on the benchmark.
 
-Writes to --out: `eval.json` (settings, summary per method, one row per pair), `eval.md` (the
-same as Markdown tables) and `contact_sheet.png` (one row per pair, middle frame:
-source | ours | baseline, if any | ground truth).
+Writes to --out (`report.write_report`): `eval.json` (settings, summary per method, one row per
+pair, the headline numbers of `runner.evaluate`), `eval.md` (the same as Markdown tables) and
+`contact_sheet.png` (one row per pair, middle frame: source | ours | baseline, if any | ground
+truth).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -17,10 +17,9 @@ import torch
 from ..config import PRESETS
 from ..io.checkpoint import load_model
 from ..model.text import TextEnsemble
-from .benchmark import SPLITS, build_pairs, ground_truth_adherence, train_classifier
-from .metrics import summarize
-from .report import contact_sheet, write_json, write_markdown, write_png
-from .runner import BASELINES, run_method
+from .benchmark import SPLITS
+from .report import write_report
+from .runner import BASELINES, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -68,38 +67,13 @@ def main(argv: Sequence[str]) -> int:
     model = load_model(args.checkpoint, preset=args.preset, seed=args.seed, device=device)
     text = TextEnsemble.for_model(model.config, args.text_ensemble)
 
-    pairs = build_pairs(args.split, limit=args.limit)
-    classifier, accuracy = train_classifier()
-    test_acc = ground_truth_adherence(classifier, pairs)
-    methods = ["ours"] + ([] if args.baseline == "none" else [args.baseline])
-    rows, outputs, seconds = {}, {}, {}
-    for method in methods:
-        rows[method], outputs[method], seconds[method] = run_method(
-            method, model, text, pairs, classifier, seed=args.seed, steps=args.steps,
-            full_steps=args.full_steps)
-
-    steps = args.steps or model.config.sampler.steps
-    result = {
-        "split": args.split, "pairs": len(pairs), "model": args.checkpoint or f"preset {args.preset}",
-        "seed": args.seed, "steps": steps, "full_steps": args.full_steps,
-        "frames": tuple(pairs[0].source.shape[:3]) if pairs else None,
-        "classifier": {"classes": list(classifier.classes), "validation_accuracy": accuracy,
-                       "test_accuracy": test_acc},
-        "summary": {m: summarize(r) for m, r in rows.items()},
-        "seconds": seconds,
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "eval.json")
-    write_markdown(result, out / "eval.md")
-    sheet = []
-    for i, pair in enumerate(pairs[:args.sheet_rows]):
-        mid = pair.source.shape[0] // 2
-        sheet.append((pair.source[mid], *(outputs[m][i][mid] for m in methods), pair.target[mid]))
-    write_png(contact_sheet(sheet), out / "contact_sheet.png")
+    result, sheet = evaluate(model, text, split=args.split, limit=args.limit, seed=args.seed,
+                             steps=args.steps, baseline=args.baseline, full_steps=args.full_steps,
+                             model_name=args.checkpoint or f"preset {args.preset}",
+                             sheet_rows=args.sheet_rows)
+    out = write_report(result, args.out, sheet)
     s = result["summary"]["ours"]
-    log.info("eval: %d pairs, overall %.3f -> %s", len(pairs), s["overall"], out)
-    print(f"scored {len(pairs)} {args.split} pairs: overall quality {s['overall']:.3f} "
+    log.info("eval: %d pairs, overall %.3f -> %s", result["pairs"], s["overall"], out)
+    print(f"scored {result['pairs']} {args.split} pairs: overall quality {s['overall']:.3f} "
           f"(PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, adherence {s['adherence']:.3f}) -> {out}")
     return 0

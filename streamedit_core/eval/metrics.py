@@ -13,8 +13,10 @@ procedural benchmark gives us:
 - Temporal Coherence: VBench's temporal-flickering score, 1 - mean |frame difference error|,
   where the error is our frame-to-frame change minus the ground truth's (so real motion is
   not flicker, and a constant per-frame error is not either).
-- Flicker ratio: the output's mean frame-to-frame change over the ground truth's, per clip
-  (issue 7's target: within 1.2x). 1 when the output changes as much as the ground truth;
+- Flicker: a clip's mean absolute frame-to-frame change (`flicker`, VBench's flicker
+  unnormalised). The flicker ratio is the output's flicker over the ground truth's, per clip
+  (`flicker_ratio`) or pooled over a set of clips (`pooled_flicker`, the demo recipe's number
+  for issue 7's target: within 1.2x). 1 when the output changes as much as the ground truth;
   above 1 it flickers, below 1 it freezes motion. Not a [0, 1] score, so not in Overall Quality.
 - Motion Smoothness: VBench's score with linear interpolation in place of its AMT model:
   1 - mean |middle frame - average of its two neighbours| over every frame triple.
@@ -180,15 +182,31 @@ def temporal_coherence(output: Tensor, target: Tensor) -> float:
     return float((1.0 - err).clamp(0.0, 1.0))
 
 
+def flicker(clip: Tensor) -> float:
+    """Mean |x[t+1] - x[t]| of a clip [T, H, W, 3] (VBench's flicker, unnormalised); 0 for one frame."""
+    clip = check_clip(clip, "clip")
+    return float(clip.diff(dim=0).abs().mean()) if clip.shape[0] > 1 else 0.0
+
+
 def flicker_ratio(output: Tensor, target: Tensor) -> float:
-    """(mean |out[t+1] - out[t]| + eps) / (mean |gt[t+1] - gt[t]| + eps), eps = FLICKER_EPS;
-    1 for one frame and for the ground truth against itself, > 1 for an output that flickers."""
+    """(flicker(output) + eps) / (flicker(target) + eps), eps = FLICKER_EPS; 1 for one frame and
+    for the ground truth against itself, > 1 for an output that flickers."""
     output, target = _check_pair(output, target, ("output", "target"))
     if output.shape[0] < 2:
         return 1.0
-    ours = output.diff(dim=0).abs().mean().double()
-    theirs = target.diff(dim=0).abs().mean().double()
-    return float((ours + FLICKER_EPS) / (theirs + FLICKER_EPS))
+    return (flicker(output) + FLICKER_EPS) / (flicker(target) + FLICKER_EPS)
+
+
+def pooled_flicker(outputs: list[Tensor], targets: list[Tensor]) -> dict[str, float]:
+    """The flicker of a set of clips against their ground truths: `flicker` and
+    `flicker_ground_truth` (the mean `flicker` of each set) and `flicker_ratio`, their ratio: a
+    ratio of means, so a clip whose ground truth barely moves cannot dominate it as it can a mean
+    of per-clip `flicker_ratio`s."""
+    if len(outputs) != len(targets) or not outputs:
+        raise ValueError(f"need as many outputs as targets, at least one; got {len(outputs)} and {len(targets)}")
+    ours = sum(flicker(o) for o in outputs) / len(outputs)
+    theirs = sum(flicker(t) for t in targets) / len(targets)
+    return {"flicker": ours, "flicker_ground_truth": theirs, "flicker_ratio": ours / max(theirs, 1e-12)}
 
 
 def motion_smoothness(output: Tensor) -> float:

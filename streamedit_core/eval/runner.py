@@ -6,11 +6,15 @@ latent frame is edited without seeing the ones before it) and "full-steps" (the 
 teacher: the whole clip at once with many Euler steps, `sampler.sample_offline`). And one
 reference, "stle-round-trip": the ground truth encoded and decoded by the model's STLE, the
 best that any output through this STLE can score (its ceiling on every metric).
+
+`evaluate` is the one evaluation: `python -m streamedit_core eval` and the demo recipe
+(`train.recipe`) both call it, and `report.write_report` writes what it returns.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,13 +23,15 @@ from torch import Tensor
 from ..stream.edit import edit_clip
 from ..stream.editor import pad_tail
 from ..stream.sampler import sample_offline
-from .benchmark import Pair
+from .benchmark import Pair, build_pairs, ground_truth_adherence, train_classifier
 from .classifier import EditClassifier
-from .metrics import clip_metrics, overall_quality
+from .metrics import clip_metrics, overall_quality, pooled_flicker, psnr, summarize
+from .report import contact_sheet, hardware, targets_met
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("none", "per-frame", "full-steps", "stle-round-trip")
+CEILING = "stle-round-trip"  # the method whose summary is the ceiling (ceiling_psnr, ceiling_adherence)
 
 
 def edit_stream(model, text_encoder, pair: Pair, *, seed: int = 0, steps: int | None = None,
@@ -101,3 +107,63 @@ def run_method(method: str, model, text_encoder, pairs: list[Pair], classifier: 
         outputs.append(out)
         log.info("%s %d/%d %s: overall %.3f", method, i + 1, len(pairs), pair.name, rows[-1]["overall"])
     return rows, outputs, time.perf_counter() - start
+
+
+def stle_psnr(model, clips: list[Tensor]) -> float:
+    """Mean PSNR (dB) of the clips [T, H, W, 3] encoded and decoded by the model's STLE."""
+    return sum(psnr(stle_round_trip(model, c), c) for c in clips) / len(clips)
+
+
+def evaluate(model, text_encoder, *, split: str = "test", limit: int | None = None, seed: int = 0,
+             steps: int | None = None, baseline: str = "none", full_steps: int = 24,
+             model_name: str = "", targets: Mapping[str, float] | None = None,
+             sheet_rows: int = 0) -> tuple[dict[str, Any], Tensor | None]:
+    """Score `model` (with `text_encoder`) on the benchmark's `split` (its first `limit` pairs):
+    "ours" and, unless "none", the `baseline` method. Returns (result, contact sheet).
+
+    result (JSON-ready; `report.write_report` writes it): the settings, `classifier`,
+    `summary` (per method: `metrics.summarize`), `seconds` and `rows` (per method, one row per
+    pair), then the headline numbers of "ours": psnr, ssim, adherence, adherence_classified,
+    temporal_coherence, overall, the pooled flicker (flicker, flicker_ground_truth,
+    flicker_ratio: `metrics.pooled_flicker`), stle_psnr (the STLE's reconstruction of the
+    sources), ceiling_psnr and ceiling_adherence (the summary of the "stle-round-trip" baseline;
+    None without it), eval_seconds; with `targets` ({key: target}), `targets` and `targets_met`.
+    The contact sheet ([H, W, 3], None for sheet_rows 0): one row per pair of the first
+    `sheet_rows`, the middle frame of source | each method | ground truth."""
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {BASELINES}")
+    pairs = build_pairs(split, limit=limit)
+    classifier, accuracy = train_classifier()
+    start = time.perf_counter()
+    methods = ["ours"] + ([] if baseline == "none" else [baseline])
+    rows, outputs, seconds = {}, {}, {}
+    for method in methods:
+        rows[method], outputs[method], seconds[method] = run_method(
+            method, model, text_encoder, pairs, classifier, seed=seed, steps=steps, full_steps=full_steps)
+    summary = {m: summarize(r) for m, r in rows.items()}
+    ours, ceiling = summary["ours"], summary.get(CEILING)
+    result: dict[str, Any] = {
+        "split": split, "pairs": len(pairs), "model": model_name, "seed": seed,
+        "steps": steps or model.config.sampler.steps, "full_steps": full_steps,
+        "frames": tuple(pairs[0].source.shape[:3]) if pairs else None,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": hardware(),
+        "classifier": {"classes": list(classifier.classes), "validation_accuracy": accuracy,
+                       "test_accuracy": ground_truth_adherence(classifier, pairs)},
+        "summary": summary, "seconds": seconds, "rows": rows,
+        "psnr": ours["psnr"], "ssim": ours["ssim"], "adherence": ours["adherence"],
+        "adherence_classified": ours["classified"],  # before the structure check (metrics.py)
+        "temporal_coherence": ours["temporal_coherence"], "overall": ours["overall"],
+        **pooled_flicker(outputs["ours"], [p.target for p in pairs]),
+        "stle_psnr": stle_psnr(model, [p.source for p in pairs]),
+        "ceiling_psnr": ceiling["psnr"] if ceiling else None,
+        "ceiling_adherence": ceiling["adherence"] if ceiling else None,
+    }
+    result["eval_seconds"] = time.perf_counter() - start
+    if targets:
+        result["targets"] = dict(targets)
+        result["targets_met"] = targets_met(result, targets)
+    tiles = []
+    for i, pair in enumerate(pairs[:sheet_rows]):
+        mid = pair.source.shape[0] // 2
+        tiles.append((pair.source[mid], *(outputs[m][i][mid] for m in methods), pair.target[mid]))
+    return result, contact_sheet(tiles) if tiles else None

@@ -32,6 +32,8 @@ from .files import publish
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# The demo model that ships in the checkout's models/ (`make train-demo` exports it).
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "streamedit_demo.safetensors"
 CONFIG_KEY = "streamedit_config"
 FORMAT_KEY = "streamedit_format"
 

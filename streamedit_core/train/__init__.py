@@ -1,4 +1,4 @@
-"""Training (`python -m streamedit_core {train,distill}`): nothing is imported here, so that
+"""Training (`python -m streamedit_core {train,distill,train-demo}`): nothing is imported here, so that
 importing the package costs nothing.
 
 config.py     TrainConfig / DataConfig (the JSON stage files in configs/train/)
@@ -10,4 +10,5 @@ distill.py    Hierarchical Progressive Distillation (levels, CFG teacher target)
 dist.py       torchrun process group, DDP / FSDP2 wrapping, full <-> sharded tensors
 trainer.py    the loop: steps, accumulation, EMA, checkpoint/resume, metrics, export
 cli.py        main_train / main_distill
+recipe.py     the demo recipe (`train-demo`): budgeted stages, the refiner, fp16 export, eval
 """

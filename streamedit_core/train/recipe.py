@@ -1,42 +1,20 @@
-"""Train the demo model end to end (`make train-demo`): STLE -> DiT (SCM loss, ASW partitions)
--> progressive distillation to a CFG-free 6-step student -> the pixel refiner fitted to that
-student's streamed output, then export one safetensors file and score it on the benchmark's
-test split.
+"""The demo recipe (`python -m streamedit_core train-demo`, `make train-demo`): STLE -> DiT (SCM
+loss, ASW partitions) -> progressive distillation to a CFG-free 6-step student -> the pixel
+refiner fitted to that student's streamed output; then one fp16 safetensors file, scored on the
+benchmark's test split against the issue's targets.
 
-    python scripts/train_demo.py                      # 90 minutes of training, the refiner, then eval
-    python scripts/train_demo.py --budget-minutes 30 --threads 1 --eval-limit 12
+    python -m streamedit_core train-demo                      # 90 minutes of training, the refiner, eval
+    python -m streamedit_core train-demo --budget-minutes 30 --threads 1 --eval-limit 12
 
-Each stage gets a share of the time budget. Before a stage the script times a few training
-steps of a throwaway trainer and gives the real run as many steps as fit its share, then
-re-plans once from the run's own pace (`Retimer`), so the same command does more steps on a
-faster machine; the step count is in the stage's `stage.json` and in the exported
-checkpoint's metadata. Stages write to OUT/<stage>/
-(train_state, metrics.jsonl, model.safetensors); a finished stage (its stage.json exists)
-is skipped when the command is run again, and an interrupted stage resumes from its last saved
-state (`save_every` in the stage config) with the step count it was planned with.
-Between the STLE and the DiT, `--latent-samples` training pairs are encoded once with the
-stage-1 STLE into OUT/latents/ (reused when it has `done.json`); the DiT and distillation
-stages read those instead of running the STLE every step.
-`--student-from MODEL` takes stages 1-3 from an exported model (its student, the refiner
-stripped), so `--student-from models/streamedit_demo.safetensors --stages refine` refits the
-shipped model's refiner alone. `--stle-from RUN` starts at the DiT stage with the STLE of an
-earlier run (the STLE recipe has not changed, the DiT has): a fresh DiT of the current preset
-is put next to that STLE.
-The refine stage runs where `--refiner-width` is above 0 (default 32, as the shipped model;
-see docs/demo-model.md, The pixel refiner), and is not timed by the budget: it streams
-`--refine-rounds` rounds of the benchmark's train split through the student (390 pairs: 3.7 to
-5.4 minutes on the 2-core CPU) and fits the refiner for `--refine-steps` steps (3,000: 9 to 14
-minutes there). `--refiner-width 0` exports the distilled student itself. `--refine-underexposed`
-adds an underexposed copy of each pair of the families the DiT sees dimmed (off by default: run
-24 tried it, see docs/demo-model.md, Run 24).
-The fitted refiner then gets its prompt anchors (`--no-refiner-anchors`: not): it reads the
-nearest family's mean view of the prompt instead of the prompt's own (docs/demo-model.md, Prompt
-anchors). `--add-anchors MODEL` does that step alone on an exported model (how run 22 became
-the shipped run 25) and scores the result.
-
-Eval (`OUT/eval.json`, `OUT/eval.md`): the benchmark's test split (unseen photos, unseen
-wording, real footage) at 6 steps, with the issue's targets: Edit Fidelity PSNR, Prompt
-Adherence, flicker relative to the ground truth's, and the STLE's reconstruction PSNR.
+Each of the first three stages gets a share of the time budget, turned into a step count by a
+few timed steps of a throwaway trainer and re-planned once from the run's own pace (`Retimer`).
+Stages write to OUT/<stage>/ (plan.json, train_state, metrics.jsonl, model.safetensors,
+stage.json); a finished stage (its stage.json) is skipped when the command runs again, and an
+interrupted one resumes from its last saved state with the step count it was planned with.
+Between the STLE and the DiT, `--latent-samples` pairs are encoded once into OUT/latents/.
+The refine stage is not budgeted. Eval (`eval.runner.evaluate`) writes OUT/eval.json and
+OUT/eval.md. docs/training.md, "The demo recipe", explains the stages, the options and the
+history of the constants below.
 """
 from __future__ import annotations
 
@@ -45,76 +23,56 @@ import dataclasses
 import json
 import logging
 import statistics
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+from ..config import REFINER_PROMPT_VIEWS, RefinerConfig, get_preset
+from ..data.synthetic import FAMILIES
+from ..eval.benchmark import build_pairs, underexposed_copies
+from ..eval.report import hardware, headline, write_report
+from ..eval.runner import evaluate
+from ..io.checkpoint import (CONFIG_KEY, FORMAT_KEY, SHIPPED_MODEL, load_checkpoint, load_model,
+                             read_checkpoint_metadata, save_checkpoint)
+from ..model import StreamEditModel
+from ..model.text import TextEnsemble
+from .config import DataConfig, TrainConfig
+from .data import encode_latent_shards
+from .refine import (TEMPORAL_WEIGHT, family_wordings, refiner_data, train_refiner, with_prompt_anchors,
+                     with_refiner)
+from .trainer import MODEL_FILE, STATE_FILE, Trainer, build_dataset
 
-from streamedit_core.io.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint  # noqa: E402
-from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
-from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
-from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
-from streamedit_core.data.synthetic import FAMILIES  # noqa: E402
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("train_demo")
-
+REPO = Path(__file__).resolve().parents[2]  # the checkout: default run and config folders
 STAGES = ("stle", "dit", "distill", "refine")
-# Of the training budget. The STLE starts at PCA (STLE.init_linear_path), so its stage is short.
-# Distillation is short too: in run 4 (25% of the time) the 6-step student scored 20.52 dB
-# against the undistilled DiT's 20.86 at 6 steps; the DiT's fit is what limits the demo. In run 8
-# (15%, 3,229 steps) the student scored 23.45 dB against the undistilled DiT's 23.48 at 6 steps,
-# so from run 9 on distillation gets 10% and the DiT the rest. From run 12 on the STLE has 384
-# channels, whose PCA start already reconstructs the test clips at 41 dB: it gets 5%, and from
-# run 13 on configs/demo/stle.json asks for no steps (the PCA code alone), so its share goes back
-# to the other stages (each stage's share is of the time still left).
+# Shares of the training budget of the three budgeted stages, each of the time still left
+# (docs/training.md, Budget shares): the DiT's fit limits the demo, distillation barely costs.
 SHARES = {"stle": 0.05, "dit": 0.85, "distill": 0.10}
-# The refiner (streamedit_core/model/refiner.py): rounds of the benchmark's train split (78 pairs each,
-# train photos and wordings) streamed through the student, and the steps that fit it to them.
-REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000
-# The refiner's colour grade (RefinerConfig.grade_knots): per-channel tone curves, knots 1/32 apart.
-# Run 22 (shipped 2026-12-04) has it: on test 31.63 dB against run 21's 30.79 without it, posterize
-# 4/4 against 1/4 (adherence 0.867 for both by eval's classifier of 2026-12-04 evening).
-GRADE_KNOTS = 33
-# Which view of the prompt the refiner reads (RefinerConfig.prompt_view): "dit" in run 21.
-PROMPT_VIEW = "dit"
-# The refiner's AdamW learning rate (cosine schedule): 5e-4 in run 22; run 21 (no grade) used 2e-3,
-# at which the graded refiner fitted less closely and the "both" view diverged in the 2026-12-04
-# probes (docs/demo-model.md).
-REFINE_LR = 5e-4
-# The three budgeted stages; the refine stage (not budgeted: 15-20 minutes on the 2-core CPU) and
-# the eval (3 minutes) follow, so that `make train-demo` ends within 2 hours there.
-BUDGET_MINUTES = 90.0
-LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages (140 s at 32 px)
+REFINER_WIDTH, REFINE_ROUNDS, REFINE_STEPS = 32, 5, 3000  # refiner width; train-split rounds; fit steps
+GRADE_KNOTS = 33  # knots of the refiner's per-channel tone curves (1/32 apart; from run 22)
+PROMPT_VIEW = "dit"  # what the refiner reads of the prompt (RefinerConfig.prompt_view)
+REFINE_LR = 5e-4  # the refiner's AdamW rate, cosine-decayed (run 22; 2e-3 fitted the graded refiner worse)
+BUDGET_MINUTES = 90.0  # the three budgeted stages; refine (15-20 min) and eval follow: 2 hours on 2 cores
+LATENT_SAMPLES = 6000  # pairs encoded once by the stage-1 STLE for the DiT and distill stages
 CALIBRATION_STEPS = 6  # timed steps of a throwaway trainer; the median of all but the first counts
-# (2026-11-23, DiT at 32 px: the 2nd step took 0.44 s, steady state 0.28 s: one step is not enough)
-# Steady-state DiT steps ran slower than calibrated on the 2-core machine: 3 % in run 2 (0.487 s
-# against 0.474), 13 % in run 5 (0.368 against 0.325), 26 % in run 6 (0.377 against 0.30): a
-# short quiet calibration flatters a long run. With too small a margin the DiT overruns its share
-# and the overrun comes out of distillation, the last stage; the margin keeps it there.
-CALIBRATION_MARGIN = 1.25
-# So each stage re-plans once from its own pace: the mean step time over steps RETIME_FROM to
-# RETIME_AT (warm-up, data handles and five state saves included) sets the step count that fits
-# the stage's time left, with a smaller margin. Run 7's DiT ran at 0.34 s/step against 0.40
-# calibrated, so it trained 56 of its 81 minutes and the rest went to distillation, whose loss had
-# flattened. In run 8, re-planned from steps 50-300 (0.374 s/step), it still used 66 of 80
-# minutes: its first thousand steps ran at 0.36 s, the rest at 0.32, hence the later window.
+CALIBRATION_MARGIN = 1.25  # long runs step slower than a short quiet calibration (3-26 % measured)
+# The one re-plan: the pace over steps RETIME_FROM..RETIME_AT sets the steps left, with this margin.
 RETIME_FROM, RETIME_AT, RETIME_MARGIN = 200, 1200, 1.05
-EXPORT_NAME = "streamedit_demo.safetensors"  # the name it ships under in models/
-MAX_EXPORT_MB = 40.0
-# The issue's acceptance targets, on the test split at 6 steps.
+EXPORT_NAME = SHIPPED_MODEL.name  # the name it ships under in models/
+MAX_EXPORT_MB = 40.0  # the issue's limit for a binary in the repo (decimal MB)
+# The issue's acceptance targets, on the test split at 6 steps (flicker_ratio: within 1.2x both ways).
 TARGETS = {"psnr": 24.0, "adherence": 0.90, "flicker_ratio": 1.2, "stle_psnr": 28.0}
+EVAL_STEPS = 6  # the demo model's sampler: what the targets are measured at
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train, export and evaluate the StreamEdit demo model.")
-    p.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="run folder (default: runs/demo)")
-    p.add_argument("--config-dir", default=str(ROOT / "configs" / "demo"),
+    p = argparse.ArgumentParser(prog="python -m streamedit_core train-demo",
+                                description="Train, export and evaluate the StreamEdit demo model.")
+    p.add_argument("--out", default=str(REPO / "runs" / "demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--config-dir", default=str(REPO / "configs" / "demo"),
                    help="stage configs stle.json, dit.json, distill.json (default: configs/demo)")
     p.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES,
                    help=f"training time of the STLE, DiT and distill stages (default {BUDGET_MINUTES:.0f}: the "
@@ -164,13 +122,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="an earlier run folder: reuse its finished STLE stage (with a fresh DiT of "
                         "the current preset) instead of training stage 1")
     p.add_argument("--student-from", default=None,
-                   help="a model exported by this script (models/streamedit_demo.safetensors): take its "
+                   help="a model exported by this recipe (models/streamedit_demo.safetensors): take its "
                         "distilled student as stages 1-3, so that --stages refine refits only the refiner")
     return p
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The recipe's options (sys.argv's where argv is None), checked: ValueError naming the bad ones."""
+    args = _parser().parse_args(argv)
+    if args.refiner_width < 0:
+        raise ValueError(f"need --refiner-width >= 0, got {args.refiner_width}")
+    if args.refiner_width and (args.refiner_grade_knots == 1 or args.refiner_grade_knots < 0
+                               or (args.refiner_grade_knots and args.refiner_no_prompt)):
+        without = " with --refiner-no-prompt" * args.refiner_no_prompt
+        raise ValueError(f"need --refiner-grade-knots 0 (no colour grade) or >= 2 on a refiner that reads the "
+                         f"prompt, got {args.refiner_grade_knots}{without}")
+    if (args.refine_rounds < 1 or args.refine_steps < 1 or args.refine_temporal < 0
+            or not args.refine_lr > 0 or not 0 <= args.refine_wording_swap <= 1):
+        raise ValueError(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0, "
+                         f"--refine-lr > 0 and --refine-wording-swap in [0, 1], got {args.refine_rounds}, "
+                         f"{args.refine_steps}, {args.refine_temporal}, {args.refine_lr}, {args.refine_wording_swap}")
+    if args.student_from and args.stle_from:
+        raise ValueError("give --student-from or --stle-from, not both")
+    if args.threads < 0 or args.budget_minutes <= 0:
+        raise ValueError(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
+    return args
+
+
 # --- training ---------------------------------------------------------------------------------
 def stage_config(stage: str, config_dir: Path, out: Path, init: Path | None) -> TrainConfig:
+    """configs/demo/<stage>.json, writing to out/<stage>, started from `init` where given."""
     cfg = TrainConfig.from_file(config_dir / f"{stage}.json")
     if cfg.task != stage:
         raise ValueError(f"{config_dir / f'{stage}.json'} has task={cfg.task!r}, expected {stage!r}")
@@ -184,16 +165,14 @@ def encode_latents(cfg: TrainConfig, stle_checkpoint: Path, folder: Path, count:
     """Encode `count` pairs of `cfg`'s synthetic data with the stage-1 STLE into latent shards
     (once: a folder with `done.json` is reused), so the DiT stages never run the STLE per step.
     Returns the data config that reads them."""
-    from streamedit_core.train.data import encode_latent_shards
-    from streamedit_core.train.trainer import build_dataset
-
     done = folder / "done.json"
     if not done.is_file():
         t0 = time.perf_counter()
-        stle = load_checkpoint(stle_checkpoint, dtype=torch.float32).stle
+        stle = load_model(stle_checkpoint, device="cpu").stle
         encode_latent_shards(stle, build_dataset(cfg), folder, count)
         seconds = time.perf_counter() - t0
-        done.write_text(json.dumps({"samples": count, "seconds": round(seconds, 1), "data": dataclasses.asdict(cfg.data)}))
+        done.write_text(json.dumps({"samples": count, "seconds": round(seconds, 1),
+                                    "data": dataclasses.asdict(cfg.data)}))
         log.info("encoded %d training pairs in %.0f s -> %s", count, seconds, folder)
     return DataConfig(kind="latents", path=str(folder))
 
@@ -202,11 +181,8 @@ def seconds_per_step(cfg: TrainConfig) -> float:
     """Wall time of one training step of `cfg` on this machine (the median of a few, the first
     left out, so that allocator and first-call warm-up are not counted); the throwaway run
     writes nothing."""
-    from streamedit_core.train.trainer import Trainer
-
-    # No edit-map fit in the throwaway run: it happens once, before the first step (its minute or
-    # so is taken out of the next stage's share, as any overrun). No filler variants either: they
-    # are looked up, not encoded, per step, and encoding them takes about a minute.
+    # No edit-map fit in the throwaway run (it happens once, before the first step; its minute is
+    # taken out of the next stage's share) and no filler variants (a minute to encode, looked up per step).
     trainer = Trainer(cfg.replace(out_dir=str(Path(cfg.out_dir) / "calibration"), edit_map_steps=0,
                                   filler_words=0.0))
     times = []
@@ -219,8 +195,6 @@ def seconds_per_step(cfg: TrainConfig) -> float:
 
 def run_stage(stage: str, cfg: TrainConfig, budget_s: float) -> Path:
     """Train one stage for about `budget_s` seconds; returns its model.safetensors."""
-    from streamedit_core.train.trainer import MODEL_FILE, STATE_FILE, Trainer
-
     out = Path(cfg.out_dir)
     summary_path = out / "stage.json"
     if summary_path.is_file() and (out / MODEL_FILE).is_file():
@@ -302,16 +276,13 @@ def _last_metrics(path: Path) -> dict:
 def reuse_stle(run: Path, out: Path) -> None:
     """Stage 1 of `out` from the finished STLE stage of `run`: its STLE weights, a fresh seeded
     DiT of the same preset as the code defines it now, and its stage.json (marked as reused)."""
-    from streamedit_core.config import get_preset
-    from streamedit_core.model import StreamEditModel
-
     src, summary_path = run / "stle" / "model.safetensors", run / "stle" / "stage.json"
     if not (src.is_file() and summary_path.is_file()):
-        raise SystemExit(f"--stle-from {run}: no finished STLE stage there ({src}, {summary_path})")
-    old = load_checkpoint(src, dtype=torch.float32)
+        raise ValueError(f"--stle-from {run}: no finished STLE stage there ({src}, {summary_path})")
+    old = load_model(src, device="cpu")
     preset = get_preset(old.config.name)
     if preset.stle != old.config.stle:
-        raise SystemExit(f"--stle-from {run}: its STLE config differs from preset {old.config.name!r} now")
+        raise ValueError(f"--stle-from {run}: its STLE config differs from preset {old.config.name!r} now")
     summary = json.loads(summary_path.read_text())
     model = StreamEditModel.from_preset(old.config.name, seed=summary["config"].get("seed", 0))
     model.stle.load_state_dict(old.stle.state_dict())
@@ -324,18 +295,16 @@ def reuse_stle(run: Path, out: Path) -> None:
 
 
 def reuse_student(model_file: Path, out: Path) -> None:
-    """Stages 1-3 of `out` from a model this script exported (the shipped one): its distilled
+    """Stages 1-3 of `out` from a model this recipe exported (the shipped one): its distilled
     student (the refiner stripped, fp16 weights cast to fp32) and its stage records, so that
     `--stages refine` refits only the refiner on the shipped student."""
-    from streamedit_core.model import StreamEditModel
-
     if not model_file.is_file():
-        raise SystemExit(f"--student-from {model_file}: no such model file")
+        raise ValueError(f"--student-from {model_file}: no such model file")
     stages = json.loads(read_checkpoint_metadata(model_file).get("stages", "[]"))
     if [s["stage"] for s in stages][:3] != list(STAGES[:3]):
-        raise SystemExit(f"--student-from {model_file}: not exported by train_demo (its stages are "
+        raise ValueError(f"--student-from {model_file}: not exported by train-demo (its stages are "
                          f"{[s['stage'] for s in stages]}, expected {list(STAGES[:3])} first)")
-    model = load_checkpoint(model_file, dtype=torch.float32)
+    model = load_model(model_file, device="cpu", dtype=torch.float32)
     student = StreamEditModel(model.config.replace(refiner=RefinerConfig()), dtype=torch.float32)
     student.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")})
     for summary in stages[:3]:
@@ -349,16 +318,11 @@ def reuse_student(model_file: Path, out: Path) -> None:
 def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps: int,
                temporal_weight: float, lr: float, dimmed: frozenset[str] = frozenset(),
                wording_swap: float = 0.0, anchors: bool = True) -> Path:
-    """The refine stage: `student` with a pixel refiner of `cfg` fitted (see
-    streamedit_core/train/refine.py); the student itself where cfg.width is 0. Pairs of the
-    families in `dimmed` are also fitted as underexposed copies (`benchmark.underexposed_copies`);
-    with `wording_swap`, pairs are also read under the other train wordings of their edit. With
-    `anchors`, the fitted refiner gets its prompt anchors (`with_prompt_anchors`)."""
-    from streamedit_core.eval.benchmark import build_pairs, underexposed_copies
-    from streamedit_core.model.text import TextEnsemble
-    from streamedit_core.train.refine import (family_wordings, refiner_data, train_refiner, with_prompt_anchors,
-                                              with_refiner)
-
+    """The refine stage: `student` with a pixel refiner of `cfg` fitted (see train/refine.py);
+    the student itself where cfg.width is 0. Pairs of the families in `dimmed` are also fitted as
+    underexposed copies (`benchmark.underexposed_copies`); with `wording_swap`, pairs are also
+    read under the other train wordings of their edit. With `anchors`, the fitted refiner gets
+    its prompt anchors (`with_prompt_anchors`)."""
     summary_path, path = out / "stage.json", out / "model.safetensors"
     if summary_path.is_file():
         log.info("stage refine already done (%s): skipped", summary_path)
@@ -366,12 +330,11 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     if not cfg.width:
         log.info("stage refine: no refiner asked (--refiner-width 0): the distilled student is the model")
         return student
-    model = load_checkpoint(student, dtype=torch.float32)
+    model = load_model(student, device="cpu", dtype=torch.float32)  # trained in fp32
     if model.refiner is not None and model.config.refiner != cfg:
-        raise SystemExit(f"stage refine: {student} has a refiner {model.config.refiner}, not the {cfg} asked")
+        raise ValueError(f"stage refine: {student} has a refiner {model.config.refiner}, not the {cfg} asked")
     model = with_refiner(model, cfg)
-    member = model.config.dit.text_members[0]
-    text = TextEnsemble.minilm(max_tokens=member.max_tokens)
+    text = TextEnsemble.for_model(model.config)
     t0 = time.perf_counter()
     pairs = build_pairs("train", rounds=rounds)
     pairs += underexposed_copies([p for p in pairs if p.family in dimmed])
@@ -398,11 +361,12 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
 
 # --- export -----------------------------------------------------------------------------------
 def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
-    """The final model in fp16 (half the bytes of fp32; load_checkpoint casts back with dtype=)."""
+    """The final model in fp16 (half the bytes of fp32; the loader computes in fp32 on the CPU),
+    its stages and the machine in the metadata."""
     model = load_checkpoint(model_path, dtype=torch.float16)
     meta = {"stages": [{k: s[k] for k in ("stage", "steps", "train_seconds", "threads")}
                        for s in stage_summaries],
-            "trained_on": _hardware(), "source": str(model_path.name)}
+            "trained_on": hardware(), "source": str(model_path.name)}
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, dest, extra_metadata=meta)
     size = dest.stat().st_size
@@ -416,19 +380,14 @@ def add_anchors(src: Path, dest: Path) -> Path:
     """`src`, an exported model whose refiner reads the prompt, with its prompt anchors
     (`with_prompt_anchors`, the refine stage's last step) written to `dest` (which may be
     `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata."""
-    from streamedit_core.io.checkpoint import CONFIG_KEY, FORMAT_KEY
-    from streamedit_core.model.text import TextEnsemble
-    from streamedit_core.train.refine import with_prompt_anchors
-
-    model = load_checkpoint(src)
+    model = load_checkpoint(src)  # as stored: the anchors are written in its dtype
     stored = model.dtype
     if model.refiner is None or not model.config.refiner.prompt:
-        raise SystemExit(f"--add-anchors: {src} has no refiner that reads the prompt (refiner config "
+        raise ValueError(f"--add-anchors: {src} has no refiner that reads the prompt (refiner config "
                          f"{model.config.refiner})")
-    member = model.config.dit.text_members[0]
-    model = with_prompt_anchors(model.float(), TextEnsemble.minilm(max_tokens=member.max_tokens)).to(stored)
+    model = with_prompt_anchors(model.float(), TextEnsemble.for_model(model.config)).to(stored)
     meta = {k: v for k, v in read_checkpoint_metadata(src).items() if k not in (CONFIG_KEY, FORMAT_KEY)}
-    meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {_hardware()}"
+    meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {hardware()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, dest, extra_metadata=meta)
     log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.refiner.anchors), dest,
@@ -436,128 +395,44 @@ def add_anchors(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    import os
-    import platform
-    name = platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
 # --- eval -------------------------------------------------------------------------------------
-def flicker(clip: torch.Tensor) -> float:
-    """Mean absolute frame-to-frame change of a clip [T, H, W, 3] (VBench's flicker, unnormalised)."""
-    return float(clip.diff(dim=0).abs().mean()) if clip.shape[0] > 1 else 0.0
-
-
-def stle_psnr(model, pairs) -> float:
-    """Mean PSNR of STLE encode -> decode over the pairs' source clips."""
-    from streamedit_core.eval.metrics import psnr
-    from streamedit_core.eval.runner import stle_round_trip
-
-    return sum(psnr(stle_round_trip(model, p.source), p.source) for p in pairs) / len(pairs)
-
-
-def evaluate(checkpoint: Path, out: Path, limit: int | None, steps: int = 6) -> dict:
-    """Test-split metrics of `checkpoint` at `steps` steps, against TARGETS."""
-    from streamedit_core.eval.benchmark import build_pairs, train_classifier
-    from streamedit_core.eval.metrics import summarize
-    from streamedit_core.eval.runner import run_method
-    from streamedit_core.model.text import TextEnsemble
-
-    model = load_checkpoint(checkpoint, dtype=torch.float32)  # fp16 export: compute in fp32 on CPU
-    member = model.config.dit.text_members[0]
-    text = TextEnsemble.minilm(max_tokens=member.max_tokens)
-    text.check_compatible(model.config)
-    pairs = build_pairs("test", limit=limit)
-    classifier, val_acc = train_classifier()
-    t0 = time.perf_counter()
-    rows, outputs, seconds = run_method("ours", model, text, pairs, classifier, steps=steps)
-    summary = summarize(rows)
-    # What a perfect edit scores after this STLE's decode: the ceiling of PSNR and adherence.
-    ceiling = summarize(run_method("stle-round-trip", model, text, pairs, classifier)[0])
-    gt_flicker = sum(flicker(p.target) for p in pairs) / len(pairs)
-    out_flicker = sum(flicker(o) for o in outputs) / len(outputs)
-    result = {
-        "checkpoint": str(checkpoint), "split": "test", "pairs": len(pairs), "steps": steps,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "hardware": _hardware(),
-        "classifier_validation_accuracy": val_acc,
-        "psnr": summary["psnr"], "ssim": summary["ssim"], "adherence": summary["adherence"],
-        "adherence_classified": summary["classified"],  # before the structure check (metrics.py)
-        "temporal_coherence": summary["temporal_coherence"], "overall": summary["overall"],
-        "flicker": out_flicker, "flicker_ground_truth": gt_flicker,
-        "flicker_ratio": out_flicker / max(gt_flicker, 1e-12),
-        "stle_psnr": stle_psnr(model, pairs),
-        "ceiling_psnr": ceiling["psnr"], "ceiling_adherence": ceiling["adherence"],
-        "edit_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
-    }
-    result["targets_met"] = {
-        "psnr": result["psnr"] >= TARGETS["psnr"],
-        "adherence": result["adherence"] >= TARGETS["adherence"],
-        # "within 1.2x" both ways: less flicker than the ground truth is frozen motion, not coherence
-        "flicker_ratio": 1 / TARGETS["flicker_ratio"] <= result["flicker_ratio"] <= TARGETS["flicker_ratio"],
-        "stle_psnr": result["stle_psnr"] >= TARGETS["stle_psnr"],
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({**result, "rows": rows}, indent=2, default=str))
-    (out / "eval.md").write_text(markdown(result))
+def evaluate_checkpoint(checkpoint: Path, out: Path, limit: int | None = None, steps: int = EVAL_STEPS) -> dict:
+    """`eval.runner.evaluate` of `checkpoint` on the test split at `steps` steps, with the
+    STLE round trip (the ceiling) and against TARGETS; the report (eval.json, eval.md) goes to
+    `out`. Returns the result."""
+    model = load_model(checkpoint, device="cpu")  # an fp16 export computes in fp32 on the CPU
+    text = TextEnsemble.for_model(model.config)
+    result, _ = evaluate(model, text, split="test", limit=limit, steps=steps, baseline="stle-round-trip",
+                         model_name=str(checkpoint), targets=TARGETS)
+    write_report(result, out)
     return result
 
 
-def markdown(r: dict) -> str:
-    met = lambda k: "yes" if r["targets_met"][k] else "no"  # noqa: E731
-    return "\n".join([
-        f"Test split, {r['pairs']} pairs, {r['steps']} steps, {r['date']}, {r['hardware']}", "",
-        "| metric | value | target | met |", "|---|---:|---:|:---:|",
-        f"| Edit Fidelity PSNR (dB) | {r['psnr']:.2f} | >= {TARGETS['psnr']} | {met('psnr')} |",
-        f"| Prompt Adherence | {r['adherence']:.3f} | >= {TARGETS['adherence']} | {met('adherence')} |",
-        f"| Flicker / ground truth's | {r['flicker_ratio']:.2f} | {1 / TARGETS['flicker_ratio']:.2f}..{TARGETS['flicker_ratio']} | {met('flicker_ratio')} |",
-        f"| STLE reconstruction PSNR (dB) | {r['stle_psnr']:.2f} | >= {TARGETS['stle_psnr']} | {met('stle_psnr')} |",
-        f"| Edit Fidelity SSIM | {r['ssim']:.3f} | | |",
-        f"| Temporal Coherence | {r['temporal_coherence']:.3f} | | |",
-        f"| Overall Quality | {r['overall']:.3f} | | |", "",
-        f"Ceiling (the ground truth encoded and decoded by this STLE): PSNR {r['ceiling_psnr']:.2f} dB, "
-        f"adherence {r['ceiling_adherence']:.3f}.", ""])
+# --- the command ------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m streamedit_core train-demo`: `run` with INFO logs and their times on stderr
+    (a run takes hours). This sets up the process's logging; from Python, call `run`."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    return run(args)
 
 
-# --- main -------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.refiner_width < 0:
-        raise SystemExit(f"need --refiner-width >= 0, got {args.refiner_width}")
-    if args.refiner_width and (args.refiner_grade_knots == 1 or args.refiner_grade_knots < 0
-                               or (args.refiner_grade_knots and args.refiner_no_prompt)):
-        without = " with --refiner-no-prompt" * args.refiner_no_prompt
-        raise SystemExit(f"need --refiner-grade-knots 0 (no colour grade) or >= 2 on a refiner that reads the "
-                         f"prompt, got {args.refiner_grade_knots}{without}")
-    if (args.refine_rounds < 1 or args.refine_steps < 1 or args.refine_temporal < 0
-            or not args.refine_lr > 0 or not 0 <= args.refine_wording_swap <= 1):
-        raise SystemExit(f"need --refine-rounds >= 1, --refine-steps >= 1, --refine-temporal >= 0, "
-                         f"--refine-lr > 0 and --refine-wording-swap in [0, 1], got {args.refine_rounds}, "
-                         f"{args.refine_steps}, {args.refine_temporal}, {args.refine_lr}, {args.refine_wording_swap}")
-    if args.student_from and args.stle_from:
-        raise SystemExit("give --student-from or --stle-from, not both")
-    if args.threads < 0 or args.budget_minutes <= 0:
-        raise SystemExit(f"need --threads >= 0 and --budget-minutes > 0, got {args.threads}, {args.budget_minutes}")
+def run(args: argparse.Namespace) -> int:
+    """The recipe with `parse_args`'s options: train the stages asked (skipping finished ones,
+    resuming an interrupted one), export, evaluate; or only `--eval-checkpoint`/`--add-anchors`."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    dest = Path(args.export) if args.export else out / EXPORT_NAME
 
     if args.eval_checkpoint:
-        result = evaluate(Path(args.eval_checkpoint), out / "eval-checkpoint", args.eval_limit)
-        print(markdown(result))
+        print(headline(evaluate_checkpoint(Path(args.eval_checkpoint), out / "eval-checkpoint", args.eval_limit)))
         return 0
     if args.add_anchors:
-        final = add_anchors(Path(args.add_anchors), Path(args.export) if args.export else out / EXPORT_NAME)
+        final = add_anchors(Path(args.add_anchors), dest)
         if not args.no_eval:
-            print(markdown(evaluate(final, out, args.eval_limit)))
+            print(headline(evaluate_checkpoint(final, out, args.eval_limit)))
         return 0
 
     if args.student_from and not (out / "distill" / "stage.json").is_file():
@@ -567,12 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     asked = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in asked if s not in STAGES]
     if unknown or not asked:
-        raise SystemExit(f"unknown stages {unknown or asked}; expected some of {STAGES}")
+        raise ValueError(f"unknown stages {unknown or asked}; expected some of {STAGES}")
     stages = [s for s in STAGES if s in asked]  # always in pipeline order
-    # Each stage gets its share of the time still left, so that an overrun of one stage (the
-    # machine got busier than at calibration) is taken out of the next ones, but at least its
-    # share of the whole budget: in run 13 the DiT overran by 3 minutes, the distillation got
-    # 7.5 and its student flickered at 1.22 (13.5 minutes: 1.16). An overrun makes the run longer.
+    # Each stage gets its share of the time still left (an overrun comes out of the next ones),
+    # but at least its share of the whole budget: an overrun makes the run longer instead.
     budget = args.budget_minutes * 60
     deadline = time.perf_counter() + budget
     init = None
@@ -581,20 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         if stage not in stages:
             continue
         if prev is not None and not prev.is_file():
-            raise SystemExit(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
+            raise ValueError(f"stage {stage} needs {prev} (run stage {STAGES[STAGES.index(stage) - 1]} first)")
         if stage == "refine":
-            cfg = RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt,
-                                grade_knots=args.refiner_grade_knots if args.refiner_width else 0,
-                                prompt_view=args.refiner_prompt_view)
-            dimmed = frozenset()
-            if args.refine_underexposed:
-                dit_data = TrainConfig.from_file(Path(args.config_dir) / "dit.json").data
-                families = dit_data.underexposed_families  # None: every family, as the DiT's data reads it
-                if dit_data.underexposed_fraction > 0:
-                    dimmed = frozenset(FAMILIES if families is None else families)
-            init = run_refine(prev, out / "refine", cfg, args.refine_rounds, args.refine_steps,
-                              args.refine_temporal, args.refine_lr, dimmed, args.refine_wording_swap,
-                              args.refiner_anchors)
+            init = run_refine(prev, out / "refine", _refiner_config(args), args.refine_rounds, args.refine_steps,
+                              args.refine_temporal, args.refine_lr, _dimmed_families(args),
+                              args.refine_wording_swap, args.refiner_anchors)
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE
@@ -610,12 +474,24 @@ def main(argv: list[str] | None = None) -> int:
     # Every stage behind the model, also those finished by an earlier command of this run.
     summaries = [json.loads((out / s / "stage.json").read_text()) for s in STAGES
                  if (out / s / "stage.json").is_file()]
-    final = export(init, Path(args.export) if args.export else out / EXPORT_NAME, summaries)
+    final = export(init, dest, summaries)
     if not args.no_eval:
-        result = evaluate(final, out, args.eval_limit)
-        print(markdown(result))
+        print(headline(evaluate_checkpoint(final, out, args.eval_limit)))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _refiner_config(args: argparse.Namespace) -> RefinerConfig:
+    return RefinerConfig(width=args.refiner_width, prompt=not args.refiner_no_prompt,
+                         grade_knots=args.refiner_grade_knots if args.refiner_width else 0,
+                         prompt_view=args.refiner_prompt_view)
+
+
+def _dimmed_families(args: argparse.Namespace) -> frozenset[str]:
+    """With --refine-underexposed, the families the DiT stage sees dimmed (dit.json's data)."""
+    if not args.refine_underexposed:
+        return frozenset()
+    dit_data = TrainConfig.from_file(Path(args.config_dir) / "dit.json").data
+    if dit_data.underexposed_fraction <= 0:
+        return frozenset()
+    families = dit_data.underexposed_families  # None: every family, as the DiT's data reads it
+    return frozenset(FAMILIES if families is None else families)
