@@ -389,7 +389,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
                "lr": lr, "underexposed_families": sorted(dimmed), "wording_swap": wording_swap,
-               "anchors": list(model.config.refiner.anchors),
+               "anchors": list(model.config.vocabulary.edits),
                "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
@@ -431,7 +431,7 @@ def add_anchors(src: Path, dest: Path) -> Path:
     meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {_hardware()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, dest, extra_metadata=meta)
-    log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.refiner.anchors), dest,
+    log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.vocabulary.edits), dest,
              dest.stat().st_size / 1e6)
     return dest
 
