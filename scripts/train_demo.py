@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from streamedit_core.io.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint  # noqa: E402
-from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig  # noqa: E402
+from streamedit_core.config import REFINER_PROMPT_VIEWS, RefinerConfig, VocabularyConfig  # noqa: E402
 from streamedit_core.train.config import DataConfig, TrainConfig  # noqa: E402
 from streamedit_core.train.refine import TEMPORAL_WEIGHT  # noqa: E402
 from streamedit_core.data.synthetic import FAMILIES  # noqa: E402
@@ -336,8 +336,10 @@ def reuse_student(model_file: Path, out: Path) -> None:
         raise SystemExit(f"--student-from {model_file}: not exported by train_demo (its stages are "
                          f"{[s['stage'] for s in stages]}, expected {list(STAGES[:3])} first)")
     model = load_checkpoint(model_file, dtype=torch.float32)
-    student = StreamEditModel(model.config.replace(refiner=RefinerConfig()), dtype=torch.float32)
-    student.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")})
+    student = StreamEditModel(model.config.replace(refiner=RefinerConfig(), vocabulary=VocabularyConfig()),
+                              dtype=torch.float32)  # the vocabulary is read through the refiner: both go
+    student.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if not k.startswith(("refiner.", "vocabulary."))})
     for summary in stages[:3]:
         (out / summary["stage"]).mkdir(parents=True, exist_ok=True)
         (out / summary["stage"] / "stage.json").write_text(
