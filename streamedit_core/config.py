@@ -15,11 +15,10 @@ from typing import Any
 TEXT_KINDS = ("t5", "byt5", "clip", "sentence")
 ATTENTION_BACKENDS = ("dense", "window", "dsa")
 REFINER_PROMPT_VIEWS = ("dit", "text", "both")  # RefinerConfig.prompt_view
-# What the DiT's output layer predicts (the model always returns the velocity):
-# velocity: v directly. source_residual: the clean latent as source + residual, v = (x_t - x0) / t,
-# so the untrained model already edits nothing (x0 = source), and small edits are small outputs.
-PREDICTIONS = ("velocity", "source_residual")
-TEXT_POOLINGS = ("mean", "attention")
+PREDICTIONS = ("velocity", "source_residual")  # DiTConfig.prediction: what its output layer predicts
+TEXT_POOLINGS = ("mean", "attention")  # DiTConfig.text_pooling
+VOCABULARY_VIEWS = ("refiner",)  # VocabularyConfig.view
+VOCABULARY_DISTANCES = ("layer_norm_euclidean",)  # VocabularyConfig.distance
 
 
 @dataclass(frozen=True)
@@ -70,23 +69,10 @@ class DiTConfig:
     dsa_block_size: int = 64  # DSA: tokens per block
     dsa_density: float = 0.25  # DSA: fraction of key blocks kept per query block (top-k)
     grad_checkpointing: bool = False
-    prediction: str = "velocity"  # one of PREDICTIONS
-    # source_residual only: rank of the prompt's linear edit map (0 = none). The residual then
-    # also holds A(prompt) @ source + b(prompt) per token (patch vector), A drawn from a learned
-    # span of `edit_map_rank` matrices by the pooled text: a global appearance edit (a colour
-    # matrix, an exposure change) is one such map in latent space, which the blocks, reading
-    # unit-norm tokens, learn only slowly. The blocks add what is not linear.
-    edit_map_rank: int = 0
-    # The edit map in full on the leading `edit_map_channels` latent channels only (0 = all), and
-    # per channel (a scale and a bias) on the rest. The map's last layer grows as the channels
-    # squared; a PCA code puts the colour in its leading channels, and the fine channels behind
-    # them mostly need keeping, removing (blur) or the transformer.
-    edit_map_channels: int = 0
-    # How the pooled text vector (modulation and edit map) reads each member's token states, one
-    # of TEXT_POOLINGS: "mean" over the real tokens, or "attention", a learned softmax weighting
-    # of them. Attention can pick out the words that name the edit ("warm" in "give it a warm
-    # tint") instead of averaging them with template words that every edit shares.
-    text_pooling: str = "mean"
+    prediction: str = "velocity"  # one of PREDICTIONS: v itself, or x0 as source + residual (edits nothing untrained)
+    edit_map_rank: int = 0  # source_residual: rank of the prompt's linear edit map A @ source + b (0 = none)
+    edit_map_channels: int = 0  # the edit map in full on these leading latent channels, per channel after (0 = all)
+    text_pooling: str = "mean"  # how the pooled prompt reads the tokens, one of TEXT_POOLINGS
 
     @property
     def depth(self) -> int:
@@ -107,41 +93,36 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class RefinerConfig:
-    """The pixel refiner (refiner.py): a small text-conditioned CNN on the edited frames and
-    the source frames, applied to each latent frame the sampler releases. width 0 = none.
-
-    It is there for the edits that are a nonlinear function of a few neighbouring pixels
-    (a pencil sketch is Sobel edges on white; a red tint is a per-pixel colour map): in the
-    latent grid those span 8x8-pixel tokens and the demo DiT does not learn them (sketch at
-    8 dB, docs/demo-model.md), while 3x3 convolutions on the pixels compute them directly.
-    """
+    """The pixel refiner (model/refiner.py): a small prompt-conditioned CNN on the edited and the
+    source frames of each latent frame the sampler releases. width 0 = none."""
     width: int = 0  # channels of its convolutions
-    film_hidden: int = 128  # hidden size of the MLP from the pooled prompt to the modulations
-    # Whether it reads the prompt (the DiT's pooled vector, through FiLM). Without, it infers
-    # the edit from the DiT's output and the source: it cannot then make a misread prompt's
-    # edit more strongly than the DiT did (with it, "apply a mosaic effect", which MiniLM puts
-    # near line art, became a sketch: docs/demo-model.md, The pixel refiner).
-    prompt: bool = True
-    # Which view of the prompt it reads: "dit", the DiT's pooled vector (hidden_size);
-    # "text", each text member's mean over its real tokens, concatenated (the sentence
-    # embedding MiniLM was trained for). The DiT's pooling is fitted to the train wordings
-    # only, and puts some unseen ones far from their family ("give it a deep blue hue" nearer
-    # sepia); the members' own means keep them near (docs/demo-model.md). "both": the two
-    # side by side, each layer-normed.
-    prompt_view: str = "dit"
-    # Knots of the tone curves of its colour grade (0 = no grade; needs `prompt`): from the
-    # prompt, a colour matrix and then one piecewise-linear curve per channel, applied to the
-    # source pixels and blended in by a weight per pixel (refiner.py). Ten of the thirteen
-    # edit families are such a grade exactly; a posterize staircase needs knots 1/32 apart.
-    grade_knots: int = 0
-    # Prompt anchors (needs `prompt`): names of views the refiner snaps the prompt's own view
-    # to, the nearest as it reads them (layer-normed). Their vectors are the buffer
-    # `PixelRefiner.anchors`, made after training by `train.refine.with_prompt_anchors` (each
-    # family's mean view over its train wordings, and "none", the empty prompt's). The refiner is fitted on the views of train
-    # wordings, and misreads some unseen wordings whose view lies between them: "give it a
-    # deep blue hue", nearest the blue anchor, it read as a cool tint (docs/demo-model.md,
-    # Prompt anchors). Empty: it reads the prompt's own view.
-    anchors: tuple[str, ...] = ()
+    film_hidden: int = 128  # hidden size of the MLP from the prompt's view to the modulations
+    prompt: bool = True  # whether it reads the prompt (FiLM); without, it infers the edit from the frames
+    prompt_view: str = "dit"  # which view of the prompt it reads, one of REFINER_PROMPT_VIEWS
+    grade_knots: int = 0  # knots of its colour grade's per-channel tone curves (0 = no grade; needs `prompt`)
+
+
+@dataclass(frozen=True)
+class VocabularyConfig:
+    """A closed vocabulary of edits (model/vocabulary.py): the model reads every prompt as the
+    nearest of them. No edits = no vocabulary: the prompt is read as it is."""
+    edits: tuple[str, ...] = ()  # names, one anchor vector each; "none" is the empty prompt (no edit)
+    wordings: tuple[tuple[str, ...], ...] = ()  # a few training wordings of each edit (() = not stored)
+    view: str = "refiner"  # which vector of the prompt is matched, one of VOCABULARY_VIEWS
+    distance: str = "layer_norm_euclidean"  # how "nearest" is measured, one of VOCABULARY_DISTANCES
+
+    def __post_init__(self) -> None:
+        edits, wordings = self.edits, self.wordings
+        if not (isinstance(edits, tuple) and all(isinstance(e, str) and e for e in edits)
+                and len(set(edits)) == len(edits)):
+            raise ValueError(f"vocabulary edits={edits!r} must be a tuple of distinct non-empty names")
+        if not (isinstance(wordings, tuple) and (not wordings or len(wordings) == len(edits)) and all(
+                isinstance(w, tuple) and all(isinstance(x, str) and x for x in w) for w in wordings)):
+            raise ValueError(f"vocabulary wordings={wordings!r} must be empty or one tuple of non-empty "
+                             f"strings per edit ({len(edits)} edits)")
+        if self.view not in VOCABULARY_VIEWS or self.distance not in VOCABULARY_DISTANCES:
+            raise ValueError(f"vocabulary view={self.view!r}, distance={self.distance!r}; expected one of "
+                             f"{VOCABULARY_VIEWS} and one of {VOCABULARY_DISTANCES}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +132,7 @@ class ModelConfig:
     dit: DiTConfig = field(default_factory=DiTConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
 
     def __post_init__(self) -> None:
         if self.stle.latent_channels != self.dit.latent_channels:
@@ -182,11 +164,10 @@ class ModelConfig:
         if self.refiner.grade_knots and (self.refiner.grade_knots < 2 or not self.refiner.prompt):
             raise ValueError(f"refiner grade_knots={self.refiner.grade_knots} must be 0 (no colour grade) or "
                              f">= 2 on a refiner that reads the prompt (prompt={self.refiner.prompt})")
-        anchors = self.refiner.anchors
-        if anchors and (not self.refiner.width or not self.refiner.prompt or len(set(anchors)) != len(anchors)
-                        or not all(isinstance(a, str) and a for a in anchors)):
-            raise ValueError(f"refiner anchors={anchors} must be distinct non-empty names, on a refiner "
-                             f"(width={self.refiner.width}) that reads the prompt (prompt={self.refiner.prompt})")
+        if self.vocabulary.edits and (not self.refiner.width or not self.refiner.prompt):
+            raise ValueError(f"a vocabulary of edits ({len(self.vocabulary.edits)}) is matched on the refiner's "
+                             f"view of the prompt: it needs a refiner (width={self.refiner.width}) that reads "
+                             f"the prompt (prompt={self.refiner.prompt})")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")
@@ -236,9 +217,14 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
         elif sub is not None:
             value = _from_dict(sub, value, f"{where}.{name}")
         elif isinstance(value, list):
-            value = tuple(value)
+            value = _tuples(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists as tuples, nested ones too (VocabularyConfig.wordings)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 _NESTED = {
@@ -246,6 +232,7 @@ _NESTED = {
     (ModelConfig, "dit"): DiTConfig,
     (ModelConfig, "sampler"): SamplerConfig,
     (ModelConfig, "refiner"): RefinerConfig,
+    (ModelConfig, "vocabulary"): VocabularyConfig,
     (DiTConfig, "text_members"): TextMemberConfig,
 }
 
@@ -264,19 +251,8 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(hidden_size=80, num_heads=4, depth_outer=1, depth_inner=2,
                       text_members=(TextMemberConfig("sentence", 384, 16),), dsa_block_size=16),
     ),
-    # The demo model codes 8x-downscaled video with 384 latent channels instead of the paper's
-    # 12: at the benchmark's 64 px, 12 channels is a 64x compression whose best linear code
-    # (PCA) reconstructs at 22.5 dB, and the issue asks for 28 dB from a model trained on a
-    # CPU. Runs 2-11 had 96 channels (8x, 28.3 dB by PCA), but through them even the exact edit
-    # is recognised by the benchmark's classifier in only 0.80 of the test pairs (the fine
-    # detail is gone); through 384 (2x, 41 dB) in 0.93, as the exact edit itself. Patch 1: the
-    # model predicts x0 as source + residual, so a token need not carry its 384 source values
-    # through (in an early trial a 2x2 patch of 96 channels, 384 + 384 values in a 256-wide
-    # token, learned 4x slower than patch 1). Sized to ship in fp16 under 40 MB. The edit map:
-    # a global appearance edit is close to one affine map per prompt in this latent; with it the
-    # DiT scored 18.8 dB instead of 17.3 after the same 1,400 steps (96 channels). It reads the
-    # leading 96 channels in full (edit_map_channels; in full on 384 it would be 9.5 M
-    # parameters); fitted alone it scores 25.4 dB on 26 test pairs, against 22.7 with 96 channels.
+    # 384 latent channels (PCA code, 41 dB at 64 px), patch 1, an edit map on the leading 96:
+    # why, in docs/demo-model.md (Why the demo preset looks like this). Sized to ship in fp16 < 40 MB.
     "demo": ModelConfig(
         name="demo",
         stle=STLEConfig(channels=(16, 32, 64, 128), latent_channels=384),

@@ -1,5 +1,5 @@
 """Checkpoints: save -> load gives the same model; atomic writes; every bad file gives one clear
-error naming the file and the mismatch."""
+error naming the file and the mismatch; files of an older format load through their migration."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from streamedit_core.io import checkpoint
 from streamedit_core.io.checkpoint import (CONFIG_KEY, FORMAT_KEY, FORMAT_VERSION, load_checkpoint,
                                         read_checkpoint_config, read_checkpoint_metadata,
                                         save_checkpoint)
-from streamedit_core.config import get_preset
+from streamedit_core.config import RefinerConfig, VocabularyConfig, get_preset
 from streamedit_core.model import StreamEditModel
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "streamedit_demo.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def saved(model, tmp_path_factory) -> Path:
     return path
 
 
-def write_raw(path: Path, tensors: dict, config_json: str | None, version: str = "1") -> Path:
+def write_raw(path: Path, tensors: dict, config_json: str | None, version: str = str(FORMAT_VERSION)) -> Path:
     metadata = {FORMAT_KEY: version}
     if config_json is not None:
         metadata[CONFIG_KEY] = config_json
@@ -221,3 +224,107 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- Format 1: the prompt anchors were the refiner's ------------------------------------------
+
+def _with_vocabulary(edits=("warm", "sepia", "none")) -> StreamEditModel:
+    """The tiny model with a refiner and a vocabulary of random anchors (format 1 stored no wordings)."""
+    config = get_preset("tiny").replace(refiner=RefinerConfig(width=4, film_hidden=8),
+                                        vocabulary=VocabularyConfig(edits=edits))
+    model = StreamEditModel(config).eval()
+    with torch.no_grad():
+        model.vocabulary.anchors.normal_(generator=torch.Generator().manual_seed(5))
+    return model
+
+
+def _format_1(model: StreamEditModel, path: Path, edit=None) -> Path:
+    """`model` written as format 1 wrote it: the vocabulary's edits as the config's
+    refiner.anchors and its anchors as the tensor refiner.anchors; `edit(config dict)` may change
+    the config first."""
+    config = json.loads(model.config.to_json())
+    edits = config.pop("vocabulary")["edits"]
+    config["refiner"]["anchors"] = edits
+    tensors = dict(model.state_dict())
+    if edits:
+        tensors["refiner.anchors"] = tensors.pop("vocabulary.anchors")
+    if edit is not None:
+        edit(config)
+    return write_raw(path, tensors, json.dumps(config), version="1")
+
+
+def test_format_1_prompt_anchors_load_as_the_vocabulary(tmp_path):
+    model = _with_vocabulary()
+    old = _format_1(model, tmp_path / "old.safetensors")
+    assert json.loads(read_checkpoint_metadata(old)[CONFIG_KEY])["refiner"]["anchors"] == ["warm", "sepia", "none"]
+    assert read_checkpoint_config(old) == model.config
+    loaded = load_checkpoint(old)
+    assert loaded.config == model.config and loaded.config.vocabulary.wordings == ()
+    a, b = loaded.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Saved again, it is format 2: the vocabulary under its own name.
+    new = tmp_path / "new.safetensors"
+    save_checkpoint(loaded, new)
+    assert read_checkpoint_metadata(new)[FORMAT_KEY] == str(FORMAT_VERSION) == "2"
+    with safe_open(str(new), framework="pt") as f:
+        assert "vocabulary.anchors" in f.keys() and "refiner.anchors" not in f.keys()
+    assert json.loads(read_checkpoint_metadata(new)[CONFIG_KEY])["vocabulary"]["edits"] == ["warm", "sepia", "none"]
+    assert torch.equal(load_checkpoint(new).vocabulary.anchors, model.vocabulary.anchors)
+    # A format-1 refiner without anchors: no vocabulary.
+    plain = StreamEditModel(model.config.replace(vocabulary=VocabularyConfig())).eval()
+    loaded = load_checkpoint(_format_1(plain, tmp_path / "plain.safetensors"))
+    assert loaded.vocabulary is None and loaded.config == plain.config
+
+
+def test_format_1_errors(tmp_path):
+    model = _with_vocabulary()
+
+    def both(config):
+        config["vocabulary"] = {"edits": ["warm"]}
+
+    with pytest.raises(ValueError, match="both.safetensors': invalid model config .*has both refiner.anchors "
+                                         r"\(format 1\) and a vocabulary \(format 2\)"):
+        load_checkpoint(_format_1(model, tmp_path / "both.safetensors", both))
+    twice = _with_vocabulary(("warm", "warm2"))
+
+    def repeated(config):
+        config["refiner"]["anchors"] = ["warm", "warm"]
+
+    with pytest.raises(ValueError, match="twice.safetensors': invalid model config .*distinct non-empty names"):
+        read_checkpoint_config(_format_1(twice, tmp_path / "twice.safetensors", repeated))
+    # The anchors tensor is looked for under its format-1 name, and named so when missing.
+    path = _format_1(model, tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "refiner.anchors"}
+        config = f.metadata()[CONFIG_KEY]
+    missing = write_raw(tmp_path / "missing.safetensors", tensors, config, version="1")
+    with pytest.raises(ValueError, match=r"missing tensor 'refiner.anchors' \(shape \[3, 80\]\)"):
+        load_checkpoint(missing)
+    # Format 2 has no refiner.anchors: a file that says 2 and has them is not one.
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    mislabelled = write_raw(tmp_path / "mislabelled.safetensors", tensors, config)
+    with pytest.raises(ValueError, match=r"invalid model config .*unknown keys \['anchors'\] for RefinerConfig"):
+        load_checkpoint(mislabelled)
+
+
+def test_the_shipped_file_loads_through_the_migration(tmp_path):
+    """The shipped demo model is format 1 (its 14 prompt anchors on the refiner): it loads with a
+    vocabulary holding the same vectors, and saved again it is format 2 with the same tensors."""
+    meta = read_checkpoint_metadata(SHIPPED)
+    assert meta[FORMAT_KEY] == "1" and len(json.loads(meta[CONFIG_KEY])["refiner"]["anchors"]) == 14
+    model = load_checkpoint(SHIPPED)  # as stored: fp16
+    vocab = model.config.vocabulary
+    assert len(vocab.edits) == 14 and vocab.edits[-1] == "none" and vocab.wordings == ()
+    assert (vocab.view, vocab.distance) == ("refiner", "layer_norm_euclidean")
+    assert model.config == read_checkpoint_config(SHIPPED)
+    with safe_open(str(SHIPPED), framework="pt") as f:
+        stored = f.get_tensor("refiner.anchors")
+    assert stored.dtype == torch.float16 and torch.equal(model.vocabulary.anchors, stored)
+    assert "refiner.anchors" not in model.state_dict()
+    again = tmp_path / "demo.safetensors"
+    save_checkpoint(model, again)
+    reloaded = load_checkpoint(again)
+    assert reloaded.config == model.config and read_checkpoint_metadata(again)[FORMAT_KEY] == "2"
+    a, b = reloaded.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -21,8 +21,9 @@ def test_shipped_model_is_the_distilled_demo_preset():
     stages = json.loads(read_checkpoint_metadata(SHIPPED)["stages"])
     assert [s["stage"] for s in stages] == ["stle", "dit", "distill", "refine"]
     assert config.refiner.width == 32 and config.refiner.prompt and config.refiner.grade_knots == 33
-    # Run 25's prompt anchors: each family's mean view and the empty prompt's.
-    assert len(config.refiner.anchors) == 14 and config.refiner.anchors[-1] == "none"
+    # Run 25's prompt anchors, stored on the refiner (checkpoint format 1), read as the model's
+    # vocabulary: each family's mean view and the empty prompt's.
+    assert len(config.vocabulary.edits) == 14 and config.vocabulary.edits[-1] == "none"
 
 
 def test_eval_of_the_shipped_model_on_two_test_pairs(tmp_path):

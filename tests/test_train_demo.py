@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from streamedit_core.config import VocabularyConfig
 from streamedit_core.data.synthetic import FAMILIES
 from streamedit_core.eval.benchmark import build_pairs
 from streamedit_core.eval.metrics import flicker
@@ -72,9 +73,9 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     distilled = load_checkpoint(out / "refine" / "model.safetensors")
     assert exported.config == distilled.config and exported.config.refiner.width == 4
     assert (exported.config.refiner.grade_knots, exported.config.refiner.prompt_view) == (33, "text")
-    # The fitted refiner got its prompt anchors: one per family and the empty prompt's.
+    # The fitted refiner got its prompt anchors (the model's vocabulary): one per family and the empty prompt's.
     anchors = (*sorted(FAMILIES), "none")
-    assert exported.config.refiner.anchors == anchors and exported.refiner.anchors.shape[0] == len(anchors)
+    assert exported.config.vocabulary.edits == anchors and exported.vocabulary.anchors.shape[0] == len(anchors)
     # The refine stage added a fitted refiner (its output layer starts at zero) and changed nothing else.
     student = load_checkpoint(out / "distill" / "model.safetensors")
     assert student.refiner is None
@@ -132,9 +133,9 @@ def test_stages_export_and_rerun(tiny_configs: Path, tmp_path: Path) -> None:
     assert train_demo(["--out", str(again), "--add-anchors", str(plain), "--export",
                        str(tmp_path / "anchored.safetensors"), "--no-eval"]) == 0
     anchored, before = load_checkpoint(tmp_path / "anchored.safetensors"), load_checkpoint(plain)
-    assert anchored.config == before.config.replace(
-        refiner=dataclasses.replace(before.config.refiner, anchors=anchors))
-    assert anchored.refiner.anchors.dtype == torch.float16
+    assert anchored.config.vocabulary.edits == anchors
+    assert anchored.config.replace(vocabulary=VocabularyConfig()) == before.config
+    assert anchored.vocabulary.anchors.dtype == torch.float16
     assert all(torch.equal(t, anchored.state_dict()[k]) for k, t in before.state_dict().items())
     meta = read_checkpoint_metadata(tmp_path / "anchored.safetensors")
     assert meta["stages"] == read_checkpoint_metadata(plain)["stages"] and "anchors_added" in meta

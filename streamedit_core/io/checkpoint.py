@@ -6,6 +6,13 @@ including the STLE's latent statistics) and, in its string metadata,
 - `streamedit_format`: the file format version (`FORMAT_VERSION`),
 - any `extra_metadata` the caller adds (training step, data, notes), as strings.
 
+Files of an older format are read through a migration (`_migrate`; never rewritten in place):
+- format 1 -> 2 (issue 47): the prompt anchors left the refiner for the model's vocabulary of
+  edits. Config `refiner.anchors` (names) becomes `vocabulary.edits` (`VocabularyConfig`, with
+  no wordings: format 1 did not store them) and the tensor `refiner.anchors` is read as
+  `vocabulary.anchors`. A format-1 config with both is an error.
+`read_checkpoint_config` gives the migrated config; `read_checkpoint_metadata` the stored strings.
+
 Loading validates before it allocates: the header (read alone, a few KB) must be intact, carry a
 config, and list exactly the tensors that config makes, with the same shapes. Every error names
 the file and the first mismatch. Files are written to a temporary name and renamed, so a crash
@@ -31,7 +38,7 @@ from .files import publish
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # see the module docstring for what changed, and _migrate
 # The demo model that ships in the checkout's models/ (`make train-demo` exports it).
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "streamedit_demo.safetensors"
 CONFIG_KEY = "streamedit_config"
@@ -118,11 +125,34 @@ def _read_streamedit_header(path: Path) -> tuple[dict[str, str], dict[str, dict[
     return metadata, entries
 
 
-def _parse_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+def _parse_config(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, dict[str, str]]:
+    """The model config of a checkpoint in today's layout, and {tensor name today: name stored}
+    for the tensors an older format stored under another name (`_migrate`)."""
     try:
-        return ModelConfig.from_json(metadata[CONFIG_KEY])
+        config, renamed = _migrate(json.loads(metadata[CONFIG_KEY]), int(metadata[FORMAT_KEY]))
+        return ModelConfig.from_dict(config), renamed
     except (ValueError, TypeError) as e:
         raise ValueError(f"{str(path)!r}: invalid model config in the metadata: {e}") from e
+
+
+def _migrate(config: Any, version: int) -> tuple[Any, dict[str, str]]:
+    """A stored config (the parsed JSON) of checkpoint format `version` in today's layout, and the
+    tensors renamed on the way ({name today: name stored}). Format 1's prompt anchors
+    (`refiner.anchors`) are format 2's vocabulary (`vocabulary.edits`, `vocabulary.anchors`)."""
+    renamed: dict[str, str] = {}
+    refiner = config.get("refiner") if isinstance(config, dict) else None
+    if version < 2 and isinstance(refiner, dict) and "anchors" in refiner:
+        if "vocabulary" in config:
+            raise ValueError("the config has both refiner.anchors (format 1) and a vocabulary (format 2); "
+                             "a file has one or the other")
+        refiner = dict(refiner)
+        edits = refiner.pop("anchors")
+        config = {**config, "refiner": refiner}
+        if edits:
+            config["vocabulary"] = {"edits": edits}
+            renamed["vocabulary.anchors"] = "refiner.anchors"
+            log.debug("format %d: the refiner's prompt anchors %s read as the model's vocabulary", version, edits)
+    return config, renamed
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -133,7 +163,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` of a checkpoint, from its header only (cheap: for listing/validating)."""
     path = Path(path)
-    return _parse_config(path, read_checkpoint_metadata(path))
+    return _parse_config(path, read_checkpoint_metadata(path))[0]
 
 
 # --- Save ----------------------------------------------------------------------------------
@@ -191,18 +221,19 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
     """
     path = Path(path)
     metadata, entries = _read_streamedit_header(path)
-    config = _parse_config(path, metadata)
+    config, renamed = _parse_config(path, metadata)
     with torch.device("meta"):
         model = StreamEditModel(config, operations=operations)
     expected = model.state_dict()  # meta tensors: names, shapes, dtypes, no memory
-    _check_entries(path, entries, expected)
+    stored = {name: renamed.get(name, name) for name in expected}  # the names in the file
+    _check_entries(path, entries, {stored[name]: t for name, t in expected.items()})
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     state = {}
     try:
         with safe_open(str(path), framework="pt", device=str(dev)) as f:
             for name in expected:
-                t = f.get_tensor(name)
+                t = f.get_tensor(stored[name])
                 state[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     except (OSError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError)
         raise ValueError(f"{str(path)!r} is not a valid safetensors file (truncated?): {e}") from e

@@ -1,14 +1,15 @@
-"""The pixel refiner: a small text-conditioned CNN that corrects each edited latent frame in
-pixel space (`RefinerConfig`; the shipped demo model has one, fitted by train_demo; no preset does).
+"""The pixel refiner: a small prompt-conditioned CNN that corrects each edited latent frame in
+pixel space (`RefinerConfig`, width 0 = none; no preset has one, the shipped demo model does).
 
-The DiT edits 8x8-pixel tokens. An edit that is a nonlinear function of a few neighbouring
-pixels (a pencil sketch: Sobel edges on white paper; a strong colour tint) is then a function
-of hundreds of latent values per token that the demo DiT does not learn, while two 3x3
-convolutions on the pixels compute it. So every latent frame the sampler releases is viewed
-as pixels through the STLE's linear path, corrected by this net from the edited and the
-source frames (and, where `RefinerConfig.prompt`, a view of the prompt:
-`StreamEditModel.refiner_prompt`), and coded back (`StreamEditModel.refine`). It works frame by
-frame and sees no noise level, so it adds no stream state and runs once per latent frame.
+Every latent frame the sampler releases is viewed as pixels through the STLE's linear path,
+corrected by this net from the edited and the source frames (and, where `RefinerConfig.prompt`,
+a view of the prompt: `StreamEditModel.refiner_prompt`), and coded back
+(`StreamEditModel.refine`). Its 3x3 convolutions compute functions of a few neighbouring pixels
+(edges, local contrast) that span several 8x8-pixel latent tokens; its per-pixel layers, nonlinear
+colour maps; and with `grade_knots` a colour grade read from the prompt (`colour_grade`) is
+blended in per pixel. It works frame by frame and sees no noise level, so it adds no stream
+state and runs once per latent frame. Why the demo model has one: docs/demo-model.md, The pixel
+refiner.
 """
 from __future__ import annotations
 
@@ -45,29 +46,10 @@ class PixelRefiner(nn.Module):
         # identity) and the change of each channel's curve at its knots from the diagonal.
         self.grade = ops.Linear(cfg.film_hidden, 12 + 3 * self.knots, **kw) if self.knots else None
         self.out = ops.Conv2d(w, outputs, 1, **kw)
-        # The prompt anchors (`RefinerConfig.anchors`), [A, text_dim]: set by
-        # train.refine.with_prompt_anchors, stored in the checkpoint.
-        self.register_buffer("anchors", torch.zeros(len(cfg.anchors), text_dim, **kw) if cfg.anchors else None)
         for layer in (self.film[-1], self.grade, self.out) if self.film is not None else (self.out,):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-
-    def read_prompt(self, view: Tensor) -> Tensor:
-        """The prompt's view [N, D] as the refiner reads it: its nearest anchor
-        (`RefinerConfig.anchors`, `nearest_anchor`), or the view itself on a refiner without."""
-        if self.anchors is None:
-            return view
-        return self.anchors[self.nearest_anchor(view)].to(view.dtype)
-
-    def nearest_anchor(self, view: Tensor) -> Tensor:
-        """[N, D] -> [N] long: the index of each view's nearest anchor, as the refiner sees
-        them: layer-normed (`forward`), so the nearest is the most correlated. An empty
-        prompt whose view is zero is nearest an anchor that is zero, not a tie of them all."""
-        if self.anchors is None:
-            raise ValueError("this refiner has no prompt anchors (RefinerConfig.anchors is empty)")
-        norm = lambda x: F.layer_norm(x.float(), x.shape[-1:])  # noqa: E731
-        return torch.cdist(norm(view), norm(self.anchors)).argmin(-1)  # [N, A] -> [N]
 
     def forward(self, edited: Tensor, source: Tensor, pooled: Tensor | None) -> Tensor:
         """pooled: [N, D], or None for a refiner that does not read the prompt."""
@@ -99,9 +81,9 @@ def colour_grade(frames: Tensor, params: Tensor, knots: int) -> Tensor:
 
     The colour matrix (identity + params[:, :9]) and offset (params[:, 9:12]) mix the channels;
     each channel then goes through its own piecewise-linear curve on [0, 1], `knots` evenly
-    spaced values (the diagonal + the rest of params). All zeros is the identity. Grayscale,
-    sepia and the hue overlays are a matrix and curves; brightness, inversion, tints and
-    posterize are curves alone: ten of the benchmark's thirteen families."""
+    spaced values (the diagonal + the rest of params). All zeros is the identity. A global colour
+    edit (a channel mix such as grayscale or sepia, a tone change such as an inversion, a tint
+    or fewer levels) is one such grade."""
     n = frames.shape[0]
     eye = torch.eye(3, dtype=params.dtype, device=params.device)
     matrix = params[:, :9].view(n, 3, 3) + eye

@@ -1,4 +1,5 @@
-"""StreamEditModel: the STLE and the DiT of one config, as one module (what a checkpoint holds)."""
+"""StreamEditModel: the STLE, the DiT and the optional parts (refiner, vocabulary) of one config,
+as one module (what a checkpoint holds)."""
 from __future__ import annotations
 
 import torch
@@ -11,13 +12,15 @@ from ..config import ModelConfig, get_preset
 from .dit import StreamEditDiT
 from .refiner import PixelRefiner
 from .stle import STLE
+from .vocabulary import Reading, Vocabulary
 from ..types import TextEmbedding
 
 
 class StreamEditModel(nn.Module):
-    """`stle` (video <-> latents), `dit` (the denoiser) and, where the config has one,
-    `refiner` (see `refine`); the text encoders live apart (they are large, shared between
-    models, and loaded from their own folders)."""
+    """`stle` (video <-> latents), `dit` (the denoiser) and, where the config has them,
+    `refiner` (see `refine`) and `vocabulary` (the closed set of edits the refiner reads every
+    prompt as; see `read_prompt`), else None; the text encoders live apart (they are large,
+    shared between models, and loaded from their own folders)."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, operations=None) -> None:
@@ -30,6 +33,9 @@ class StreamEditModel(nn.Module):
         text_dim = {"dit": hidden, "text": members, "both": hidden + members}[view]
         self.refiner = (PixelRefiner(config.refiner, text_dim, ops=operations, device=device, dtype=dtype)
                         if config.refiner.width else None)
+        # Matched on the refiner's view (VocabularyConfig.view "refiner", the one view there is).
+        self.vocabulary = (Vocabulary(config.vocabulary, text_dim, device=device, dtype=dtype)
+                           if config.vocabulary.edits else None)
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0, device: torch.device | str | None = None,
@@ -51,8 +57,9 @@ class StreamEditModel(nn.Module):
         if self.refiner is None:
             return edited
         dtype = next(self.refiner.parameters()).dtype
-        pooled = (self.refiner.read_prompt(self.refiner_prompt(text))  # [B or 1, D]
-                  if self.config.refiner.prompt else None)
+        pooled = self.refiner_prompt(text) if self.config.refiner.prompt else None  # [B or 1, D]
+        if pooled is not None and self.vocabulary is not None:
+            pooled = self.vocabulary.snap(pooled)  # the nearest edit's anchor (`read_prompt` says which)
         out_px = self.stle.linear_decode(edited)  # [B, 3, F, H, W]
         src_px = self.stle.linear_decode(source)
         b, _, f, h, w = out_px.shape
@@ -71,8 +78,8 @@ class StreamEditModel(nn.Module):
         [B, hidden_size], the DiT's pooled vector; [B, sum of member sizes], the members'
         token means side by side; or both, each part layer-normed (the refiner normalises
         what it reads as a whole, which would let the part of larger scale drown the other).
-        `refine` snaps it to the nearest prompt anchor where the refiner has them
-        (`PixelRefiner.read_prompt`)."""
+        Where the model has a vocabulary, `refine` gives the refiner the anchor of the nearest
+        edit instead (`Vocabulary.snap`)."""
         text = text.to(self.device, next(self.refiner.parameters()).dtype)
         view = self.config.refiner.prompt_view
         parts = ([self.dit.pool_text(text)] if view in ("dit", "both") else []) + \
@@ -80,6 +87,16 @@ class StreamEditModel(nn.Module):
         if len(parts) == 1:
             return parts[0]
         return torch.cat([F.layer_norm(x, x.shape[-1:]) for x in parts], -1)
+
+    @torch.no_grad()
+    def read_prompt(self, text: TextEmbedding, runners_up: int = 2) -> list[Reading] | None:
+        """Which edit of the model's vocabulary each of the B prompts of `text` is read as, how far
+        it is from it, and the `runners_up` next nearest (`Vocabulary.read`); None for a model
+        without a vocabulary, which reads every prompt as it is. One host sync: call it once per
+        prompt, not per chunk."""
+        if self.vocabulary is None:
+            return None
+        return self.vocabulary.read(self.refiner_prompt(text), runners_up)
 
     @property
     def device(self) -> torch.device:

@@ -62,46 +62,17 @@ class TrainConfig:
     history_max: int = 2  # clean history latent frames at most in a training window
     shift: float = 3.0  # timestep shift of the flow schedule (as the samplers)
     prompt_dropout: float = 0.1  # share of samples trained as (null prompt -> source) for CFG
-    # Gaussian noise on the prompt's real token states, this many times their RMS (0 = off): the
-    # DiT learns a neighbourhood of each training wording, where unseen wordings land.
-    text_noise: float = 0.0
-    # Share of samples whose prompt gets one filler word (a common word that names no edit, from
-    # train/filler_words.txt) put in at a random place: the prompt reader learns to pass over
-    # words that name no edit ("deep" in "give it a deep blue hue"; see train/fillers.py). Each
-    # wording has filler_variants fixed variants, encoded once with the other prompts.
-    filler_words: float = 0.0
-    filler_variants: int = 8
-    # flow: plain velocity MSE. x0: weight each frame by t^2, i.e. the error of the implied
-    # clean latent x_t - t * v; the velocity loss is dominated by low noise levels, where the
-    # noisy input already shows the target, while a deterministic edit is decided at high ones.
-    loss_weighting: str = "flow"
-    # How the DiT losses (and the edit-map fit) weigh the latent channels. The latents are
-    # normalised to unit variance per channel, so by default a channel that carries 1/900 of
-    # the video's pixel variance counts as much as the first one. pixel_weighting p weighs
-    # channel c by latent_std[c]^(2p) (mean 1): 1 = the error of the video decoded through the
-    # STLE's linear path (what PSNR measures), 0 = every channel the same.
-    pixel_weighting: float = 0.0
-    # How the DiT and distillation losses weigh each sample against the others: by its edit
-    # energy e (the mean squared target - source latent, channel-weighted as above) to the power
-    # -edit_weighting, as ((e + 0.1 * mean e) / mean e)^-p, the mean over the data's first items
-    # (train.losses.edit_weights). 0 = every sample the same. In the demo's latents invert and
-    # sketch have 5x the mean edit energy, posterize 0.3x, blur 0.5x, warm and cool 0.04x, so
-    # plain MSE lets the large edits outvote the small ones, yet a small edit that is not made
-    # reads as no edit at all. At 0.5 their weights are 0.45, 1.6, 1.3 and 2.6 (no edit: 3.2).
-    edit_weighting: float = 0.0
-    # Task dit, models with an edit map (DiTConfig.edit_map_rank): before the first step, fit the
-    # prompt's linear edit map alone (the pooled-text MLP and the map, no transformer: a step of
-    # 64 latent samples took 75 ms against 300 ms for a DiT step of 16 on 2 CPU cores) to the x0
-    # residual, target - source, for edit_map_steps steps of edit_map_batch samples at peak rate
-    # edit_map_lr (cosine). The DiT then starts from the best linear edit instead of "no edit"
-    # (Trainer.fit_edit_map).
-    edit_map_steps: int = 0
-    edit_map_batch: int = 64
-    edit_map_lr: float = 3e-3
-    # STLE objective. A new STLE starts at the PCA of pca_samples data items (sources and
-    # targets); with steps 0 that linear code is the STLE (at 384 latent channels it beat the
-    # trained one: 41.9 dB with 64 items against 37.8 after 264 conv steps from 32).
-    pca_samples: int = 32
+    text_noise: float = 0.0  # Gaussian noise on the prompt's token states, times their RMS (0 = off)
+    filler_words: float = 0.0  # share of prompts given one filler word that names no edit (data/fillers.py)
+    filler_variants: int = 8  # fixed filler variants of each wording, encoded once
+    loss_weighting: str = "flow"  # flow: velocity MSE | x0: the implied clean latent's error (weight t^2)
+    pixel_weighting: float = 0.0  # p: weigh latent channel c by latent_std[c]^(2p), mean 1 (1 = decoded pixels)
+    edit_weighting: float = 0.0  # p: weigh each sample by its edit energy^-p (train.losses.edit_weights; 0 = equal)
+    edit_map_steps: int = 0  # dit with an edit map: fit the map alone this many steps first (Trainer.fit_edit_map)
+    edit_map_batch: int = 64  # ... of this many latent samples
+    edit_map_lr: float = 3e-3  # ... at this peak rate (cosine)
+    # STLE objective
+    pca_samples: int = 32  # a new STLE starts at the PCA of this many items (with steps 0, that is the STLE)
     ssim_weight: float = 0.2
     stream_weight: float = 0.1  # consistency of a stream started one latent frame later
     # distillation
@@ -110,9 +81,7 @@ class TrainConfig:
     teacher_cfg: float = 3.0
     # system
     parallel: str = "auto"  # auto (ddp under torchrun) | none | ddp | fsdp
-    # fp32 | bf16 (autocast; weights and optimizer stay fp32) | auto: bf16 where the device
-    # computes it in hardware (train/dist.py native_bf16), else fp32
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 weights) | auto: bf16 where the hardware computes it
     grad_checkpointing: bool = False
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
     log_every: int = 10

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import REFINER_PROMPT_VIEWS, RefinerConfig, get_preset
+from ..config import REFINER_PROMPT_VIEWS, RefinerConfig, VocabularyConfig, get_preset
 from ..data.synthetic import FAMILIES
 from ..eval.benchmark import build_pairs, underexposed_copies
 from ..eval.report import hardware, headline, write_report
@@ -40,8 +40,8 @@ from ..model import StreamEditModel
 from ..model.text import TextEnsemble
 from .config import DataConfig, TrainConfig
 from .data import encode_latent_shards
-from .refine import (TEMPORAL_WEIGHT, family_wordings, refiner_data, train_refiner, with_prompt_anchors,
-                     with_refiner)
+from .refine import (TEMPORAL_WEIGHT, family_wordings, refiner_data, train_refiner, with_refiner,
+                     with_vocabulary)
 from .trainer import MODEL_FILE, STATE_FILE, Trainer, build_dataset
 
 log = logging.getLogger(__name__)
@@ -305,8 +305,10 @@ def reuse_student(model_file: Path, out: Path) -> None:
         raise ValueError(f"--student-from {model_file}: not exported by train-demo (its stages are "
                          f"{[s['stage'] for s in stages]}, expected {list(STAGES[:3])} first)")
     model = load_model(model_file, device="cpu", dtype=torch.float32)
-    student = StreamEditModel(model.config.replace(refiner=RefinerConfig()), dtype=torch.float32)
-    student.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")})
+    student = StreamEditModel(model.config.replace(refiner=RefinerConfig(), vocabulary=VocabularyConfig()),
+                              dtype=torch.float32)  # the vocabulary is read through the refiner: both go
+    student.load_state_dict({k: v for k, v in model.state_dict().items()
+                             if not k.startswith(("refiner.", "vocabulary."))})
     for summary in stages[:3]:
         (out / summary["stage"]).mkdir(parents=True, exist_ok=True)
         (out / summary["stage"] / "stage.json").write_text(
@@ -322,7 +324,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     the student itself where cfg.width is 0. Pairs of the families in `dimmed` are also fitted as
     underexposed copies (`benchmark.underexposed_copies`); with `wording_swap`, pairs are also
     read under the other train wordings of their edit. With `anchors`, the fitted refiner gets
-    its prompt anchors (`with_prompt_anchors`)."""
+    its vocabulary, the prompt anchors (`with_vocabulary`)."""
     summary_path, path = out / "stage.json", out / "model.safetensors"
     if summary_path.is_file():
         log.info("stage refine already done (%s): skipped", summary_path)
@@ -344,7 +346,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     log.info("stage refine: %d train pairs streamed in %.0f s", len(pairs), data_s)
     losses = train_refiner(model, data, steps, temporal_weight=temporal_weight, lr=lr, wording_swap=wording_swap)
     if anchors and cfg.prompt:
-        model = with_prompt_anchors(model, text)
+        model = with_vocabulary(model, text)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
@@ -352,7 +354,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
                "threads": torch.get_num_threads(), "pairs": len(pairs), "data_seconds": round(data_s, 1),
                "loss_last_250": sum(losses[-250:]) / len(losses[-250:]), "temporal_weight": temporal_weight,
                "lr": lr, "underexposed_families": sorted(dimmed), "wording_swap": wording_swap,
-               "anchors": list(model.config.refiner.anchors),
+               "anchors": list(model.config.vocabulary.edits),
                "init": str(student)}
     summary_path.write_text(json.dumps(summary, indent=2))
     log.info("stage refine: %d steps in %.0f s -> %s", steps, seconds, path)
@@ -378,19 +380,19 @@ def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
 
 def add_anchors(src: Path, dest: Path) -> Path:
     """`src`, an exported model whose refiner reads the prompt, with its prompt anchors
-    (`with_prompt_anchors`, the refine stage's last step) written to `dest` (which may be
+    (`with_vocabulary`, the refine stage's last step) written to `dest` (which may be
     `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata."""
     model = load_checkpoint(src)  # as stored: the anchors are written in its dtype
     stored = model.dtype
     if model.refiner is None or not model.config.refiner.prompt:
         raise ValueError(f"--add-anchors: {src} has no refiner that reads the prompt (refiner config "
                          f"{model.config.refiner})")
-    model = with_prompt_anchors(model.float(), TextEnsemble.for_model(model.config)).to(stored)
+    model = with_vocabulary(model.float(), TextEnsemble.for_model(model.config)).to(stored)
     meta = {k: v for k, v in read_checkpoint_metadata(src).items() if k not in (CONFIG_KEY, FORMAT_KEY)}
     meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {hardware()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, dest, extra_metadata=meta)
-    log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.refiner.anchors), dest,
+    log.info("prompt anchors %s -> %s (%.2f MB)", ", ".join(model.config.vocabulary.edits), dest,
              dest.stat().st_size / 1e6)
     return dest
 

@@ -9,7 +9,6 @@ DiT, the STLE and the prompt pooling stay frozen: a refiner that reads the promp
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -19,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import RefinerConfig
+from ..config import RefinerConfig, VocabularyConfig
 from ..data import synthetic
+from ..model.vocabulary import NO_EDIT
 from .config import TrainConfig
 from ..data.fillers import filler_variants
 
@@ -160,34 +160,40 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
     return losses
 
 
-# The anchor of the empty prompt ("no edit"; the text ensemble's null embedding).
-NO_EDIT = "none"
+# Training wordings of each edit that a vocabulary lists in the model's config (`with_vocabulary`).
+WORDINGS_PER_EDIT = 5
 
 
 @torch.no_grad()
-def with_prompt_anchors(model, text_encoder, families: list[str] | None = None):
-    """`model` with prompt anchors on its refiner (`RefinerConfig.anchors`): for each family
-    (default: every one, sorted), the mean of the refiner's view of its train wordings, and
-    NO_EDIT, the view of the empty prompt. The refiner's weights are untouched; anchors it
-    had are replaced (call this again after refitting it)."""
+def with_vocabulary(model, text_encoder, families: list[str] | None = None,
+                    wordings_per_edit: int = WORDINGS_PER_EDIT):
+    """`model` with a vocabulary of edits (`VocabularyConfig`, model/vocabulary.py) that its refiner
+    reads every prompt through: for each family (default: every one, sorted), the anchor is the
+    mean of the refiner's view of all its train wordings, and the config lists the first
+    `wordings_per_edit` of them; then NO_EDIT, the view of the empty prompt. The weights are
+    untouched; a vocabulary the model had is replaced (build it again after refitting the refiner)."""
     from ..model import StreamEditModel
     if model.refiner is None or not model.config.refiner.prompt:
-        raise ValueError("with_prompt_anchors needs a model whose refiner reads the prompt "
+        raise ValueError("with_vocabulary needs a model whose refiner reads the prompt "
                          f"(refiner config {model.config.refiner})")
     families = sorted(synthetic.FAMILIES) if families is None else list(families)
     if not families or NO_EDIT in families:
         raise ValueError(f"need one or more edit families, not {NO_EDIT!r}, got {families}")
-    views = [model.refiner_prompt(text_encoder.encode(list(synthetic.split_paraphrases(f, "train")))).mean(0)
-             for f in families]
+    if wordings_per_edit < 0:
+        raise ValueError(f"wordings_per_edit must be >= 0, got {wordings_per_edit}")
+    wordings = [synthetic.split_paraphrases(f, "train") for f in families]
+    views = [model.refiner_prompt(text_encoder.encode(list(w))).mean(0) for w in wordings]
     views.append(model.refiner_prompt(text_encoder.null(1))[0])
-    cfg = dataclasses.replace(model.config.refiner, anchors=(*families, NO_EDIT))
-    new = StreamEditModel(model.config.replace(refiner=cfg), device=model.device, dtype=model.dtype)
-    state = {k: v for k, v in model.state_dict().items() if k != "refiner.anchors"}
+    listed = (*(w[:wordings_per_edit] for w in wordings), ()) if wordings_per_edit else ()
+    cfg = VocabularyConfig(edits=(*families, NO_EDIT), wordings=listed)
+    new = StreamEditModel(model.config.replace(vocabulary=cfg), device=model.device, dtype=model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("vocabulary.")}
     missing, unexpected = new.load_state_dict(state, strict=False)
-    if unexpected or missing != ["refiner.anchors"]:
-        raise ValueError(f"with_prompt_anchors: state mismatch (missing {missing}, unexpected {unexpected})")
-    new.refiner.anchors.copy_(torch.stack(views))
+    if unexpected or missing != ["vocabulary.anchors"]:
+        raise ValueError(f"with_vocabulary: state mismatch (missing {missing}, unexpected {unexpected})")
+    new.vocabulary.anchors.copy_(torch.stack(views))
     return new.eval()
+
 
 
 def with_refiner(model, cfg: RefinerConfig):
