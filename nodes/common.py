@@ -5,6 +5,7 @@ Only imported inside ComfyUI (the package's `__init__.py` checks for `comfy_api`
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -18,11 +19,18 @@ from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.model import StreamEditModel
 from ..streamedit_core.model.text import TextEnsemble
+from ..streamedit_core.stream.editor import describe_prompts
 from ..streamedit_core.stream.registry import REGISTRY, Stream
 from ..streamedit_core.stream.schedule import PromptSchedule
 
+log = logging.getLogger("StreamEdit")
+
 CATEGORY = "StreamEdit"
 MODEL_FOLDER = "streamedit"  # ComfyUI/models/streamedit/*.safetensors
+
+READ_AS_TOOLTIP = ("Which of the model's known edits each prompt was read as (a model with a closed "
+                   "vocabulary, like the shipped demo model, maps any prompt to its nearest known edit); "
+                   "wire it to Preview Any to see it.")
 
 # Our own socket types (what flows along the wires between our nodes).
 ModelType = io.Custom("STREAMEDIT_MODEL")
@@ -131,6 +139,14 @@ class EditText:
     prompts switched at given video frames)."""
     encoder: TextEnsemble
     schedule: PromptSchedule
+
+
+def read_as(model: StreamEditModel, text: EditText) -> str:
+    """What the model reads the prompts as, one line each (also logged), for a `read_as` output."""
+    lines = describe_prompts(model, text.encoder, text.schedule.prompts)
+    for line in lines:
+        log.info("StreamEdit: %s", line)
+    return "\n".join(lines) or "this model reads prompts as they are (it has no closed vocabulary)"
 
 
 def progress_bar():

@@ -15,8 +15,8 @@ from comfy_execution.graph_utils import ExecutionBlocker
 from ..streamedit_core.stream.editor import StreamEditor
 from ..streamedit_core.stream.latents import decode_latents, encode_frames, sample_latents
 from ..streamedit_core.stream.registry import REGISTRY, check_editor_settings
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, STREAM_ID_TOOLTIP, EditText, LoadedModel, ModelType,
-                     TextType, check_model_latent, open_stream, progress_bar)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STREAM_ID_TOOLTIP, EditText, LoadedModel,
+                     ModelType, TextType, check_model_latent, open_stream, progress_bar, read_as)
 
 FRAMES_KEY = "streamedit_frames"  # LATENT entry: video frames the latents stand for (tail padding)
 
@@ -124,7 +124,8 @@ class DiTSampler(io.ComfyNode):
                                  tooltip="Streams only: end the stream after this chunk, returning "
                                          "the frames still in flight."),
             ],
-            outputs=[io.Latent.Output(display_name="latent")],
+            outputs=[io.Latent.Output(display_name="latent"),
+                     io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
         )
 
     @classmethod
@@ -138,6 +139,7 @@ class DiTSampler(io.ComfyNode):
         m = model.get()
         samples = check_model_latent(source, m, "DiT Sampler")
         settings = dict(seed=seed, steps=steps, window_min=window_min, window_max=window_max)
+        reading = read_as(m, text)
         stream = open_stream(model, stream_id, chunk_index)
         if stream is None:  # a whole clip: edited from its start, flushed at its end
             editor, flush = StreamEditor(m, text.encoder, text.schedule, attention=model.attention, **settings), True
@@ -149,7 +151,7 @@ class DiTSampler(io.ComfyNode):
         result = {"samples": sample_latents(editor, samples, flush=flush, progress=progress_bar())}
         if stream is None and FRAMES_KEY in source:
             result[FRAMES_KEY] = source[FRAMES_KEY]
-        return io.NodeOutput(result)
+        return io.NodeOutput(result, reading)
 
 
 class ResetStream(io.ComfyNode):

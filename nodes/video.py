@@ -11,8 +11,8 @@ from comfy_api.latest import io, ui
 from ..streamedit_core.io.video import ChunkReader, VideoReader
 from ..streamedit_core.stream.edit import edit_video
 from ..streamedit_core.stream.editor import check_frame_size
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, EditText, LoadedModel, ModelType, TextType,
-                     progress_bar, resolve_inside)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, EditText, LoadedModel, ModelType,
+                     TextType, progress_bar, read_as, resolve_inside)
 
 # Files that Load Video Chunk reads, left open between jobs (closed on /free).
 CHUNK_READER = ChunkReader()
@@ -60,7 +60,8 @@ class EditVideo(io.ComfyNode):
                 io.String.Input("filename_prefix", default="streamedit/edit", optional=True,
                                 tooltip="Output file prefix, inside the output folder."),
             ],
-            outputs=[io.Video.Output(display_name="video")],
+            outputs=[io.Video.Output(display_name="video"),
+                     io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
             is_output_node=True,
         )
 
@@ -84,10 +85,11 @@ class EditVideo(io.ComfyNode):
         reader = VideoReader(source)  # the header: the output's size
         check_frame_size(m.config, reader.height, reader.width)
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
+        reading = read_as(m, text)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
                    window_min=window_min, window_max=window_max, attention=model.attention,
                    progress=progress_bar())
-        return io.NodeOutput(VideoFromFile(path), ui=ui.PreviewVideo(
+        return io.NodeOutput(VideoFromFile(path), reading, ui=ui.PreviewVideo(
             [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
 
 

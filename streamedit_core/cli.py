@@ -78,6 +78,7 @@ def main_edit(argv: Sequence[str]) -> int:
     import torch
 
     from .stream.edit import edit_video
+    from .stream.editor import describe_prompts
     from .stream.schedule import PromptSchedule, check_prompt
 
     prompt = (PromptSchedule.parse(args.schedule, args.transition) if args.schedule is not None
@@ -89,6 +90,9 @@ def main_edit(argv: Sequence[str]) -> int:
         raise UsageError(f"output directory does not exist: {out_dir!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, text = load_model_and_text(args, device)
+    prompts = prompt.prompts if isinstance(prompt, PromptSchedule) else [prompt]
+    for line in describe_prompts(model, text, prompts):  # what a closed-vocabulary model will do
+        print(line)
 
     bar = None
 

@@ -78,7 +78,8 @@ EVAL_FIELDS = ("psnr", "ssim", "adherence", "adherence_prob", "flicker_ratio", "
 
 def eval_rows(out: Path) -> list[dict]:
     """`eval` of the shipped model on the first two test pairs, on the CPU: per pair, its
-    name and EVAL_FIELDS (test_shipped_model.py runs it and compares)."""
+    name, family, the edit its prompt was read as, and EVAL_FIELDS (test_shipped_model.py runs
+    it and compares EVAL_FIELDS to the golden file)."""
     import json
 
     from streamedit_core.cli import main
@@ -86,7 +87,8 @@ def eval_rows(out: Path) -> list[dict]:
     assert main(["eval", "--checkpoint", str(SHIPPED), "--split", "test", "--limit", "2",
                  "--device", "cpu", "--out", str(out)]) == 0
     rows = json.loads((out / "eval.json").read_text())["rows"]["ours"]
-    return [{"pair": r["pair"], **{k: r[k] for k in EVAL_FIELDS}} for r in rows]
+    return [{"pair": r["pair"], "family": r["family"], "read_as": r.get("read_as"),
+             **{k: r[k] for k in EVAL_FIELDS}} for r in rows]
 
 
 def _quantise(x: np.ndarray) -> np.ndarray:

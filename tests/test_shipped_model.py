@@ -43,3 +43,4 @@ def test_eval_of_the_shipped_model_on_two_test_pairs(tmp_path):
     assert rows[0]["psnr"] == pytest.approx(30.5, abs=1.0) and rows[1]["psnr"] == pytest.approx(33.8, abs=1.0)
     for r in rows:
         assert r["adherence"] == 1.0 and r["ssim"] > 0.5 and 0.5 < r["flicker_ratio"] < 2.5
+        assert r["read_as"] == r["family"]  # the vocabulary's reading of the prompt

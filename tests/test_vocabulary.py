@@ -207,3 +207,17 @@ def test_the_shipped_model_reads_prompts_as_its_edits():
     assert all(r.edit == watercolor.edit for r in own) and watercolor.distance > farthest
     (empty,) = model.read_prompt(text.null(1))
     assert empty.edit == NO_EDIT and empty.distance < 0.01  # the anchor is stored in fp16
+
+
+def test_the_cli_says_what_each_prompt_is_read_as(make_clip, tmp_path, capsys):
+    """`edit` prints, before it edits, which known edit each prompt of a closed-vocabulary model
+    is read as; a model without a vocabulary prints nothing of the kind."""
+    from streamedit_core.cli import main
+    src = make_clip("in.mp4", frames=8, w=32, h=32)
+    assert main(["edit", str(src), "--schedule", "0: make it black and white; 4: make it a watercolor painting",
+                 "-o", str(tmp_path / "out.mp4"), "--checkpoint", str(SHIPPED), "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("'make it black and white' is read as grayscale (distance ")
+    assert out[1].startswith("'make it a watercolor painting' is read as grayscale (distance ")
+    assert main(["edit", str(src), "-p", "x", "-o", str(tmp_path / "t.mp4"), "--preset", "tiny", "--quiet"]) == 0
+    assert "is read as" not in capsys.readouterr().out

@@ -127,11 +127,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['classifier']['test_accuracy']:.3f} (ground truth of this split)", "",
              markdown_table(result["summary"])]
     for method, rows in result["rows"].items():
+        read = any("read_as" in r for r in rows)  # a model with a closed vocabulary
         lines += [f"## Pairs: {method}", "",
-                  "| pair | family | prompt | predicted | " + " | ".join(h for _, h in COLUMNS) + " |",
-                  "|---|---|---|---|" + "---:|" * len(COLUMNS)]
-        lines += [f"| {r['pair']} | {r['family']} | {r['prompt']} | {_predicted(r)} | "
-                  + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+                  "| pair | family | prompt | " + "read as | " * read + "predicted | "
+                  + " | ".join(h for _, h in COLUMNS) + " |",
+                  "|---|---|---|" + "---|" * read + "---|" + "---:|" * len(COLUMNS)]
+        lines += [f"| {r['pair']} | {r['family']} | {r['prompt']} | " + f"{r.get('read_as')} | " * read
+                  + f"{_predicted(r)} | " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
         lines.append("")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..stream.edit import edit_clip
-from ..stream.editor import pad_tail
+from ..stream.editor import pad_tail, read_prompts
 from ..stream.sampler import sample_offline
 from .benchmark import Pair, build_pairs, ground_truth_adherence, train_classifier
 from .classifier import EditClassifier
@@ -89,9 +89,12 @@ def score(output: Tensor, pair: Pair, classifier: EditClassifier) -> dict[str, A
 def run_method(method: str, model, text_encoder, pairs: list[Pair], classifier: EditClassifier,
                *, seed: int = 0, steps: int | None = None,
                full_steps: int = 24) -> tuple[list[dict[str, Any]], list[Tensor], float]:
-    """(rows, outputs, seconds) of one method ("ours", "per-frame" or "full-steps") on pairs."""
+    """(rows, outputs, seconds) of one method ("ours", "per-frame" or "full-steps") on pairs.
+    For a model with a closed vocabulary, the rows of methods that read the prompt also say
+    which edit it was read as (`read_as`, `read_distance`)."""
     rows, outputs = [], []
     start = time.perf_counter()
+    readings = None if method == CEILING else read_prompts(model, text_encoder, sorted({p.prompt for p in pairs}))
     for i, pair in enumerate(pairs):
         if method == "ours":
             out = edit_stream(model, text_encoder, pair, seed=seed, steps=steps)
@@ -104,6 +107,8 @@ def run_method(method: str, model, text_encoder, pairs: list[Pair], classifier: 
         else:
             raise ValueError(f"unknown method {method!r}; expected 'ours' or one of {BASELINES[1:]}")
         rows.append(score(out, pair, classifier))
+        if readings is not None:
+            rows[-1].update(read_as=readings[pair.prompt].edit, read_distance=readings[pair.prompt].distance)
         outputs.append(out)
         log.info("%s %d/%d %s: overall %.3f", method, i + 1, len(pairs), pair.name, rows[-1]["overall"])
     return rows, outputs, time.perf_counter() - start

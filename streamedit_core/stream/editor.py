@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..model.vocabulary import Reading
 from ..types import TextEmbedding
 from .sampler import StreamSampler
 from .schedule import PromptSchedule, check_prompt
@@ -89,6 +91,22 @@ def pad_tail(frames: Tensor, multiple: int) -> Tensor:
     STLE takes whole latent frames (4 video frames); callers trim the output back to T."""
     pad = -frames.shape[0] % multiple
     return torch.cat([frames, frames[-1:].expand(pad, *frames.shape[1:])]) if pad else frames
+
+
+def read_prompts(model, text_encoder, prompts: Sequence[str]) -> dict[str, Reading] | None:
+    """Which edit of the model's closed vocabulary each prompt is read as
+    (`StreamEditModel.read_prompt`); None for a model without one, which reads every prompt as
+    it is. Each prompt is encoded alone (as the editor encodes it), one host sync each."""
+    if getattr(model, "vocabulary", None) is None:
+        return None
+    return {p: model.read_prompt(text_encoder.encode([check_prompt(p)]))[0] for p in prompts}
+
+
+def describe_prompts(model, text_encoder, prompts: Sequence[str]) -> list[str]:
+    """One line per prompt saying which edit it is read as (`read_prompts`), for the CLI, the
+    nodes and logs; no lines for a model without a vocabulary."""
+    readings = read_prompts(model, text_encoder, prompts) or {}
+    return [f"{p!r} is read as {r}" for p, r in readings.items()]
 
 
 def _clone(obj: Any) -> Any:

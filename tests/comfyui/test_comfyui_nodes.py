@@ -219,8 +219,12 @@ def test_workflows_use_only_known_nodes(object_info):
 # --- shipped workflows -----------------------------------------------------------------------
 def test_edit_video_file_workflow(comfy, comfy_base, object_info):
     prompt = workflow("edit_video_file", object_info)
+    edit = next(i for i, n in prompt.items() if n["class_type"] == "StreamEditEditVideo")
+    prompt["99"] = {"class_type": "PreviewAny", "inputs": {"source": [edit, 1]}}  # its read_as output
     result = run_ok(comfy, prompt)
     assert any(e["type"] == "progress" for e in result.events)
+    (shown,) = node_outputs(comfy, result.prompt_id, "PreviewAny", prompt)
+    assert shown["text"] == ["this model reads prompts as they are (it has no closed vocabulary)"]
     (ui,) = node_outputs(comfy, result.prompt_id, "StreamEditEditVideo", prompt)
     saved = ui["images"][0]
     frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
