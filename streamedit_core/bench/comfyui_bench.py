@@ -129,7 +129,7 @@ def run_core(path: Path, clip: Path, args: argparse.Namespace) -> dict[str, Any]
     dtype = torch.bfloat16 if args.gpu else torch.float32  # the loader node's "auto"
     with torch.inference_mode():  # as ComfyUI runs nodes
         model = load_checkpoint(path, device=device, dtype=dtype)
-        text = TextEnsemble.builtin_for(model.config, device=device)
+        text = TextEnsemble.for_model(model.config, device=device)
         editor = StreamEditor(model, text, args.prompt, seed=0, steps=args.steps,
                               window_min=1, window_max=4)
         chunks_s, frames_out = [], []

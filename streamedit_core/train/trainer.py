@@ -98,14 +98,10 @@ def build_text(cfg: TrainConfig, model_config):
     if cfg.text == "random":
         return RandomText(members)
     from ..model.text import TextEnsemble
-    if cfg.text == "minilm":
-        try:
-            return TextEnsemble.builtin_for(model_config)
-        except ValueError as e:
-            raise ValueError(f"text='minilm': {e}") from e
-    enc = TextEnsemble.from_folder(cfg.text)
-    enc.check_compatible(model_config)
-    return enc
+    try:
+        return TextEnsemble.for_model(model_config, None if cfg.text == "minilm" else cfg.text)
+    except ValueError as e:
+        raise ValueError(f"text={cfg.text!r}: {e}") from e
 
 
 def build_dataset(cfg: TrainConfig):
