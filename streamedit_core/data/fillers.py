@@ -1,17 +1,8 @@
-"""Filler words for training prompts (`TrainConfig.filler_words`).
-
-Why: the DiT reads a prompt by attention over its tokens, and a word that names no edit can take
-most of that attention. Run 8 gave "deep" 0.59 of the weight in "give it a deep blue hue" and
-edited a weak blue (15.8 dB, against 23.0 asked "make it all blue"). Training wordings with a
-random common word put in ("make it sailing all blue", "library give it a red tint") teach the
-reader that the edit is in the words the wordings share, whatever else is said. Measured
-2026-11-30 with the demo edit map fitted alone on run 4's latents (2,000 steps, half the
-samples with one of 8 filler variants): validation 22.56 -> 22.90 dB ("give it a deep red hue"
-14.0 -> 17.1), first 26 test pairs 22.06 -> 22.70 dB; over a whole run (demo run 10 against
-run 9) validation 23.64 -> 24.82 dB, test 23.55 -> 23.81 dB.
-
-The words (`filler_words.txt`, from scripts/make_filler_words.py) exclude every word of every
-benchmark wording, so held-out wordings stay unseen.
+"""Filler words for training prompts (`TrainConfig.filler_words`): a common word that names no
+edit, put into training wordings, teaches the DiT's prompt reader to pass over such words
+(docs/demo-model.md, Filler words). The words (`filler_words.txt`, written by
+`python -m streamedit_core.train.fillers`) exclude every word of every benchmark wording, so
+held-out wordings stay unseen.
 """
 from __future__ import annotations
 
@@ -28,7 +19,7 @@ def filler_words() -> tuple[str, ...]:
     """The shipped filler words (comment lines skipped)."""
     if not FILLER_FILE.is_file():
         raise FileNotFoundError(f"filler word list missing: {str(FILLER_FILE)!r}; "
-                                "rebuild it with scripts/make_filler_words.py")
+                                "rebuild it with python -m streamedit_core.train.fillers")
     lines = FILLER_FILE.read_text(encoding="utf-8").splitlines()
     return tuple(w for w in (line.strip() for line in lines) if w and not w.startswith("#"))
 

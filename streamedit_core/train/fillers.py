@@ -1,4 +1,4 @@
-"""Write `streamedit_core/train/filler_words.txt`: the words that training inserts into prompts
+"""Write `streamedit_core/data/filler_words.txt`: the words that training inserts into prompts
 (`TrainConfig.filler_words`) so that the DiT's prompt reader learns to pass over words that name
 no edit.
 
@@ -9,23 +9,17 @@ edit words), less the words whose MiniLM sentence vector is within cosine `MAX_C
 that names an edit (each family's `looks`, and a few colour and light words): "green" or
 "darkness" put into "make it all blue" would teach the reader to ignore what it must read.
 
-    python scripts/make_filler_words.py        # rewrites the file (offline, about 20 s)
+    python -m streamedit_core.train.fillers        # rewrites the file (offline, about 20 s)
 """
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from streamedit_core.model.text import TextEnsemble, minilm_folder  # noqa: E402
-from streamedit_core.data.fillers import FILLER_FILE  # noqa: E402
-from streamedit_core.data.synthetic import FAMILIES, wording_words  # noqa: E402
+from ..data.fillers import FILLER_FILE
+from ..data.synthetic import FAMILIES, wording_words
+from ..model.text import TextEnsemble, minilm_folder
 
 VOCAB_IDS = (1996, 12000)  # BERT's whole-word entries start at 1996 ("the")
 MAX_COSINE = 0.5
@@ -46,7 +40,7 @@ def main() -> None:
     ref = text.sentence_vectors(edit_words)
     cosine = vec @ ref.T  # unit vectors
     keep = [w for w, c in zip(candidates, cosine.max(1).values.tolist()) if c < MAX_COSINE]
-    header = f"# {len(keep)} filler words, written by scripts/make_filler_words.py (read its docstring)\n"
+    header = f"# {len(keep)} filler words, written by python -m streamedit_core.train.fillers (read its docstring)\n"
     FILLER_FILE.write_text(header + "\n".join(keep) + "\n", encoding="utf-8")
     print(f"{len(keep)} of {len(candidates)} candidate words -> {FILLER_FILE}")
 
