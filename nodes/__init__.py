@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from ..streamedit_core.io.files import remove_temp_files_on_signals
 from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
@@ -65,4 +66,7 @@ async def comfy_entrypoint() -> StreamEditExtension:
     if not app.frozen:  # middlewares can only be added before the server starts
         app.middlewares.append(_drop_streams_on_free())
     _finish_streams_with_jobs(PromptServer.instance.prompt_queue)
+    # SIGTERM/SIGHUP kill ComfyUI at once (it sets no handler): remove Edit Video's temporary
+    # output file first, then die by the signal as before.
+    remove_temp_files_on_signals()
     return StreamEditExtension()

@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .io.files import Terminated, raise_on_signals, restore_signals
+
+    # SIGTERM/SIGHUP end a command as Ctrl-C does: writers delete their temporary files.
+    previous = raise_on_signals()
     try:
         if command == "edit":
             return main_edit(rest)
@@ -159,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"error: {e} (no output written)", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted (no output written)", file=sys.stderr)
         return 130
+    finally:
+        restore_signals(previous)

@@ -1,8 +1,10 @@
 """`python -m streamedit_core edit`: a real edit through a subprocess, and every bad input:
 exit status 2, one `error:` line naming the problem, no traceback, no output file."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,23 @@ def test_forwarded_command_missing_from_build(capsys, tmp_path, monkeypatch):
     import streamedit_core.cli as cli
     monkeypatch.setitem(cli._FORWARDED, "bench", ("streamedit_core.no_such_module", "main"))
     assert "'bench' is not available in this build" in _bad(capsys, tmp_path, "bench")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_edit_leaves_no_temporary_file(tmp_path, make_clip, sig):
+    """Issue 49, defect 4: SIGTERM or SIGHUP while the edit writes its output left the hidden
+    .out.XXXX.mp4 behind; the CLI now ends as it does on Ctrl-C: one error line, no file."""
+    src = make_clip("in.mp4", frames=96, w=64, h=64)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamedit_core", "edit", str(src), "-p", "x", "-o",
+                             str(tmp_path / "out.mp4"), "--preset", "tiny", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.*.mp4")):  # the writer's temporary file: the edit runs
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"error: terminated by {signal.Signals(sig).name} (no output written)"
+    assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]

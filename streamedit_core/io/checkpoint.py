@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from safetensors.torch import save_file
 
 from ..config import PRESETS, ModelConfig
 from ..model import StreamEditModel
-from .files import publish
+from .files import discard, publish, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +197,12 @@ def save_checkpoint(model: StreamEditModel, path: str | os.PathLike,
         seen.add(t.data_ptr())
         tensors[name] = t
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path, suffix=".tmp")
     try:
         save_file(tensors, tmp, metadata=metadata)
         publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(tmp)
         raise
     log.info("saved checkpoint %s (%s, %d tensors)", path, model.config.name, len(tensors))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .files import publish
+from .files import discard, publish, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,8 @@ class VideoWriter:
         if not folder.is_dir():
             raise FileNotFoundError(f"output directory does not exist: {str(folder)!r} "
                                     f"(for {str(self.path)!r})")
+        if self.path.is_dir():
+            raise ValueError(f"output path {str(self.path)!r} is a directory; give a file name")
         if not self.path.suffix:
             raise ValueError(f"output path {str(self.path)!r} needs a file extension (.mp4, .mkv, "
                              "...) to pick the container format")
@@ -229,9 +230,7 @@ class VideoWriter:
         self._tmp: str | None = None
 
     def __enter__(self) -> "VideoWriter":
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix,
-                                         dir=self.path.parent)
-        os.close(fd)
+        self._tmp = temp_file(self.path)
         try:
             self._container = av.open(self._tmp, mode="w")
             stream = self._container.add_stream(self.codec, rate=self.fps)
@@ -294,8 +293,8 @@ class VideoWriter:
         if self.frames_written == 0:
             self._abort()
             raise ValueError(f"no frames were written to {str(self.path)!r}; nothing saved")
-        publish(self._tmp, self.path)
-        self._tmp = None
+        tmp, self._tmp = self._tmp, None
+        publish(tmp, self.path)  # deletes the temporary file if the rename fails
         log.info("wrote %d frames to %s", self.frames_written, self.path)
 
     def _abort(self) -> None:
@@ -306,12 +305,8 @@ class VideoWriter:
             except Exception as e:  # the write already failed; keep that error, not this one
                 log.debug("closing an aborted video container failed: %s", e)
             self._container = None
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
+        discard(self._tmp)
+        self._tmp = None
 
 
 def _as_fraction(fps: Fraction | float | int) -> Fraction:
