@@ -37,6 +37,7 @@ import torch
 
 from ..config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
 from ..io.files import write_atomic
+from ..types import resolve_device as _resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,7 @@ PAPER_TABLE_4 = {"fps": 18.0, "latency_ms": 55.0, "memory_gb": 18.0}
 
 
 # --- environment ---------------------------------------------------------------------------
-def resolve_device(name: str | None) -> torch.device:
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
+resolve_device = _resolve_device  # the one device check (types.py), as the CLI and eval use it
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -25,6 +25,11 @@ def check_prompt(prompt: Any) -> str:
     if not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); describe the edit, e.g. "
                          "'make it a watercolor painting'")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that were not UTF-8 (a shell's argv keeps them as surrogates)
+        raise ValueError(f"prompt {prompt!r} is not valid UTF-8 text (character {e.start}); type it "
+                         "again or save the file that holds it as UTF-8") from None
     return prompt
 
 
