@@ -55,11 +55,21 @@ def _edit_parser() -> argparse.ArgumentParser:
                    help="folder with an ensemble.json (default: the built-in MiniLM ensemble)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames read per chunk")
+    p.add_argument("--size", default=None,
+                   help="working size: edit at this size and scale the result back to the video's, e.g. "
+                        "640 (the longer side, aspect kept) or 640x360 (default: the video's own size; "
+                        "past 1920 x 1080 a working size is needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def load_model_and_text(args: argparse.Namespace, device: str):
+def resolve_device(name: str | None):
+    from .types import resolve_device
+
+    return resolve_device(name)
+
+
+def load_model_and_text(args: argparse.Namespace, device):
     """(model, text encoder) that --checkpoint or --preset and --text-ensemble name."""
     from .io.checkpoint import load_model
     from .model.text import TextEnsemble
@@ -75,9 +85,7 @@ def main_edit(argv: Sequence[str]) -> int:
     args = _edit_parser().parse_args(argv)
     import os
 
-    import torch
-
-    from .stream.edit import edit_video
+    from .stream.edit import edit_video, parse_size
     from .stream.editor import describe_prompts
     from .stream.schedule import PromptSchedule, check_prompt
 
@@ -88,7 +96,8 @@ def main_edit(argv: Sequence[str]) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir!r}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size = parse_size(args.size)
+    device = resolve_device(args.device)
     model, text = load_model_and_text(args, device)
     prompts = prompt.prompts if isinstance(prompt, PromptSchedule) else [prompt]
     for line in describe_prompts(model, text, prompts):  # what a closed-vocabulary model will do
@@ -100,20 +109,24 @@ def main_edit(argv: Sequence[str]) -> int:
         nonlocal bar
         if args.quiet:
             return
-        if bar is None:  # created on the first chunk: input errors come before any bar
+        if bar is None:  # created on the first step: input errors come before any bar
             from tqdm import tqdm
-            bar = tqdm(total=total, unit="frame", desc="editing", dynamic_ncols=True)
+            # a step: one latent frame (4 video frames) through the model; the last steps flush
+            bar = tqdm(total=total, unit="step", desc="editing (+ flush)",
+                       dynamic_ncols=True)
         bar.total = total
         bar.update(done - bar.n)
 
     try:
         summary = edit_video(model, text, args.input, args.output, prompt, seed=args.seed,
                              steps=args.steps, cfg_scale=args.cfg_scale, progress=progress,
-                             chunk_frames=args.chunk_frames)
+                             chunk_frames=args.chunk_frames, size=size)
     finally:
         if bar is not None:
             bar.close()
-    print(f"edited {summary['frames']} frames ({summary['width']}x{summary['height']}, "
+    w, h = summary["working_size"]
+    at = "" if (w, h) == (summary["width"], summary["height"]) else f", edited at {w}x{h}"
+    print(f"edited {summary['frames']} frames ({summary['width']}x{summary['height']}{at}, "
           f"{summary['video_fps']:.3g} fps video) in {summary['seconds']:.1f} s: "
           f"{summary['fps']:.2f} frames/s -> {args.output}")
     return 0

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from ..config import MAX_FRAME_PIXELS, ModelConfig
 from ..model.vocabulary import Reading
 from ..types import TextEmbedding
 from .sampler import StreamSampler
@@ -35,8 +35,14 @@ _STATE_VERSION = 2
 # --- input checks (the one place user input to the editor is validated) -----------------
 def check_frame_size(config: ModelConfig, height: int, width: int) -> None:
     """ValueError naming the size and the nearest valid sizes when H or W is not a multiple of
-    the model's spatial stride (the STLE's 8x; the DiT pads its token grid itself)."""
+    the model's spatial stride (the STLE's 8x; the DiT pads its token grid itself), or naming the
+    limit when H x W is past `MAX_FRAME_PIXELS` (1920 x 1080)."""
     m = config.spatial_stride
+    if height * width > MAX_FRAME_PIXELS:
+        raise ValueError(f"frame size (height x width) {height} x {width} ({height * width / 1e6:.1f} megapixels) "
+                         f"is past the limit of {MAX_FRAME_PIXELS / 1e6:.2f} megapixels (MAX_FRAME_PIXELS: "
+                         "1920 x 1080); edit it at a smaller working size (the CLI's --size, the Edit Video "
+                         "node's size) or scale the video down first")
     if height % m == 0 and width % m == 0 and height > 0 and width > 0:
         return
 
@@ -207,16 +213,22 @@ class StreamEditor:
             self._pending = x[n_full:].clone()
             return self._emit(outs)
 
-    def flush(self) -> Tensor:
+    def flush(self, progress: Callable[[], None] | None = None) -> Tensor:
         """End the stream: process the tail (padded by repeating the last frame), drain the frames
-        in flight, return the rest of the output trimmed to the frames fed, then `reset()`."""
+        in flight, return the rest of the output trimmed to the frames fed, then `reset()`.
+        `progress()` is called after each forward (the tail's, then one per drain step: steps - 1
+        once a frame is in flight) and may raise to interrupt (the stream is then left half-flushed)."""
         with torch.inference_mode():
             outs = []
             if self._pending.shape[0]:
                 outs.append(self._process(pad_tail(self._pending, self._tstride)))
                 self._pending = self._pending[:0]
+                if progress is not None:
+                    progress()
             while self._state.n_inflight:
                 outs.append(self._decode(self.sampler.drain(self._state, *self._texts_for_step())))
+                if progress is not None:
+                    progress()
             out = self._emit(outs)
         self.reset()
         return out
