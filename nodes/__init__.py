@@ -8,7 +8,7 @@ from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
-from .video import EditVideo, LoadVideoChunk
+from .video import CHUNK_READER, EditVideo, LoadVideoChunk
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
@@ -28,6 +28,7 @@ def _finish_streams_with_jobs(prompt_queue) -> None:
         running = prompt_queue.currently_running.get(item_id)  # (number, prompt_id, ...)
         if running is not None:
             REGISTRY.finish(running[1], succeeded=status is not None and status.status_str == "success")
+        CHUNK_READER.release_cleared()  # decoders closed by /free, on this (the worker's) thread
         return original(item_id, history_result, status, *args, **kwargs)
 
     task_done.streamedit_hook = True
@@ -36,8 +37,9 @@ def _finish_streams_with_jobs(prompt_queue) -> None:
 
 def _drop_streams_on_free():
     """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
-    drops every stream's state, like ComfyUI drops its caches. It runs on the server thread, so
-    the state is only marked dropped here; the worker releases it (see `StreamRegistry.clear`)."""
+    drops every stream's state and closes Load Video Chunk's open decoders, like ComfyUI drops its
+    caches. It runs on the server thread, so they are only marked dropped here; the worker
+    releases them (see `StreamRegistry.clear`; a stream a running job holds goes when it ends)."""
     from aiohttp import web
 
     @web.middleware
@@ -47,9 +49,20 @@ def _drop_streams_on_free():
             body = await request.json()
             if body.get("unload_models") or body.get("free_memory"):
                 REGISTRY.clear()
+                CHUNK_READER.clear()
         return response
 
     return middleware
+
+
+def _add_status_route(routes) -> None:
+    """GET /streamedit/streams: the streams held and their bounds, the decoders open (the soak
+    test and anyone debugging memory read it)."""
+    from aiohttp import web
+
+    @routes.get("/streamedit/streams")
+    async def streams(request):
+        return web.json_response({**REGISTRY.stats(), "open_decoders": len(CHUNK_READER)})
 
 
 class StreamEditExtension(ComfyExtension):
@@ -63,8 +76,9 @@ async def comfy_entrypoint() -> StreamEditExtension:
     from server import PromptServer
 
     app = PromptServer.instance.app
-    if not app.frozen:  # middlewares can only be added before the server starts
+    if not app.frozen:  # middlewares and routes can only be added before the server starts
         app.middlewares.append(_drop_streams_on_free())
+        _add_status_route(PromptServer.instance.routes)
     _finish_streams_with_jobs(PromptServer.instance.prompt_queue)
     # SIGTERM/SIGHUP kill ComfyUI at once (it sets no handler): remove Edit Video's temporary
     # output file first, then die by the signal as before.

@@ -149,6 +149,16 @@ def read_as(model: StreamEditModel, text: EditText) -> str:
     return "\n".join(lines) or "this model reads prompts as they are (it has no closed vocabulary)"
 
 
+def show_warning(text: str) -> None:
+    """A warning for the user: in the console (the core has logged it already) and as text on the
+    node that runs (what ComfyUI's own nodes use to show a value on the node)."""
+    from server import PromptServer
+
+    context = get_executing_context()
+    if context is not None and PromptServer.instance is not None:
+        PromptServer.instance.send_progress_text(f"warning: {text}", context.node_id)
+
+
 def progress_bar():
     """A `progress(done, total)` callback for the core's loops: ComfyUI's progress bar, and
     its interrupt (raised from the callback, between two latent frames)."""
@@ -171,7 +181,9 @@ def open_stream(model: "LoadedModel", stream_id: str, chunk_index: int) -> Strea
     if not stream_id:
         return None
     context = get_executing_context()
-    return REGISTRY.open(stream_id, chunk_index, key=model.patcher,
+    # The patcher is the stream's owner, held weakly: when ComfyUI drops the model (its loader's
+    # output leaves the cache, /free) the stream is dropped too instead of keeping the model alive.
+    return REGISTRY.open(stream_id, chunk_index, key=None, owner=model.patcher,
                          job=context.prompt_id if context is not None else None)
 
 

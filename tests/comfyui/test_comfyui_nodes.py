@@ -330,6 +330,34 @@ def test_chunk_gap_repeat_reset_and_free(comfy, object_info):
     run_ok(comfy, chunk(0))  # the model reloads after /free unloaded it
 
 
+def test_free_drops_streams_and_closes_decoders_on_the_worker(comfy, object_info):
+    """Issue 49, defects 3 and 9: /free drops the streams and closes Load Video Chunk's open
+    decoders, released on the worker thread at the end of the next job; GET /streamedit/streams
+    says what is held and the bounds."""
+    stream_id = f"d-{uuid.uuid4().hex[:6]}"
+    run_ok(comfy, stream_prompt(object_info, stream_id, 0, chunk_frames=8))
+    held = comfy.request("GET", "/streamedit/streams")
+    assert held["streams"] >= 1 and held["open_decoders"] >= 1 and held["max_streams"] == 16
+    assert held["idle_seconds"] == 3600 and held["in_jobs"] == 0
+    comfy.free()
+    run_ok(comfy, {"1": {"class_type": "StreamEditResetStream", "inputs": {"stream_id": "none"}}})
+    held = comfy.request("GET", "/streamedit/streams")
+    assert held["streams"] == 0 and held["open_decoders"] == 0, held
+
+
+def test_edit_video_at_a_working_size(comfy, comfy_base, object_info):
+    """Issue 49, defect 8: the Edit Video node's size edits at a smaller size and writes the
+    video's own size."""
+    prompt = set_inputs(workflow("edit_video_file", object_info), "StreamEditEditVideo", size=16,
+                        steps=2)
+    result = run_ok(comfy, prompt)
+    (ui,) = node_outputs(comfy, result.prompt_id, "StreamEditEditVideo", prompt)
+    saved = ui["images"][0]
+    frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
+    assert frames.shape == (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
+    assert sum(e["type"] == "progress" for e in result.events) >= CLIP_FRAMES // 4 + 1  # the flush counted
+
+
 def test_load_video_chunk_in_any_order_equals_the_file(comfy, comfy_base):
     """In order (the open decoder is reused), repeated, backwards and past the end."""
     frames = quantize(read_video(comfy_base / "input" / LONG_CLIP))  # 144 frames
