@@ -298,6 +298,8 @@ def soak(s: Soak) -> dict[str, Any]:
         t = time.perf_counter()
         frames_out += len(s.ok(stream, k))
         job_s.append(time.perf_counter() - t)
+        if s.args.clear_history_every and (k + 1) % s.args.clear_history_every == 0:
+            s.client.request("POST", "/history", {"clear": True})  # ComfyUI keeps 10,000 jobs' history
         if k + 1 in (rss_from, jobs) or (k + 1) % 100 == 0:
             rss[k + 1] = s.rss()
             s.log(f"  job {k + 1}: RSS {rss[k + 1]:.0f} MiB, job median {statistics.median(job_s) * 1e3:.0f} ms")
@@ -397,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rss-from", type=int, default=100, help="the job after which the RSS baseline is read")
     ap.add_argument("--rss-bound-mb", type=float, default=64.0,
                     help="how much the server's RSS may grow after --rss-from (and over --streams)")
+    ap.add_argument("--clear-history-every", type=int, default=0,
+                    help="POST /history clear after every N soak jobs (0: never), to tell ComfyUI's own "
+                         "history from the streams' memory")
     ap.add_argument("--streams", type=int, default=200, help="distinct stream_ids started and abandoned")
     ap.add_argument("--size", type=int, default=32, help="frame height = width (small: the soak is about "
                                                          "the server's life, not the model's speed)")

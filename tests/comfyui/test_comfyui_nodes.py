@@ -345,6 +345,19 @@ def test_free_drops_streams_and_closes_decoders_on_the_worker(comfy, object_info
     assert held["streams"] == 0 and held["open_decoders"] == 0, held
 
 
+def test_a_stream_whose_model_was_replaced_is_dropped(comfy, object_info):
+    """Issue 49, defect 3: the stream held its model's patcher, keeping a model ComfyUI had
+    dropped alive for as long as the stream lived. Now the patcher is held weakly: when the
+    loader's output changes (another checkpoint), the stream is dropped and says why."""
+    stream_id = f"m-{uuid.uuid4().hex[:6]}"
+    run_ok(comfy, stream_prompt(object_info, stream_id, 0, chunk_frames=8))
+    other = set_inputs(stream_prompt(object_info, f"o-{uuid.uuid4().hex[:6]}", 0, chunk_frames=8),
+                       "StreamEditModelLoader", ckpt_name=SHIPPED_MODEL.name)
+    run_ok(comfy, other)
+    run_error(comfy, stream_prompt(object_info, stream_id, 1, chunk_frames=8), repr(stream_id),
+              "its model was unloaded")
+
+
 def test_edit_video_at_a_working_size(comfy, comfy_base, object_info):
     """Issue 49, defect 8: the Edit Video node's size edits at a smaller size and writes the
     video's own size."""

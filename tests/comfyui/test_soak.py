@@ -12,7 +12,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 
 def test_streams_survive_many_jobs_many_streams_and_faults(tmp_path):
-    args = argparse.Namespace(model="shipped", jobs=120, rss_from=40, rss_bound_mb=64.0, streams=40, size=32,
+    args = argparse.Namespace(model="shipped", jobs=120, rss_from=40, rss_bound_mb=64.0, clear_history_every=0,
+                              streams=40, size=32,
                               chunk_frames=4, steps=6, threads=1, timeout=300, name="test-soak",
                               out=tmp_path, base=tmp_path / "comfyui")
     lines = []
