@@ -11,8 +11,8 @@ from comfy_api.latest import io, ui
 from ..streamedit_core.io.video import ChunkReader, VideoReader
 from ..streamedit_core.stream.edit import edit_video
 from ..streamedit_core.stream.editor import check_frame_size
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, EditText, LoadedModel, ModelType,
-                     TextType, progress_bar, read_as, resolve_inside)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STRICT_TOOLTIP, EditText, LoadedModel,
+                     ModelType, TextType, progress_bar, read_as, resolve_inside)
 
 # Files that Load Video Chunk reads, left open between jobs (closed on /free).
 CHUNK_READER = ChunkReader()
@@ -59,6 +59,7 @@ class EditVideo(io.ComfyNode):
                              tooltip="History latent frames kept at most on static content."),
                 io.String.Input("filename_prefix", default="streamedit/edit", optional=True,
                                 tooltip="Output file prefix, inside the output folder."),
+                io.Boolean.Input("strict", default=False, optional=True, tooltip=STRICT_TOOLTIP),
             ],
             outputs=[io.Video.Output(display_name="video"),
                      io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
@@ -79,13 +80,13 @@ class EditVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, text: EditText, video: str, seed: int, steps: int,
                 window_min: int = 1, window_max: int = 4,
-                filename_prefix: str = "streamedit/edit") -> io.NodeOutput:
+                filename_prefix: str = "streamedit/edit", strict: bool = False) -> io.NodeOutput:
         source = resolve_inside(folder_paths.get_input_directory(), video, "video")
         m = model.get()
         reader = VideoReader(source)  # the header: the output's size
         check_frame_size(m.config, reader.height, reader.width)
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
-        reading = read_as(m, text)  # before the edit: the console says what the model will do
+        reading = read_as(m, text, strict)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
                    window_min=window_min, window_max=window_max, attention=model.attention,
                    progress=progress_bar())
