@@ -25,6 +25,7 @@ _FORWARDED = {
     "bench": ("streamedit_core.bench.cli", "main"),
     "demo": ("streamedit_core.bench.demo", "main"),
 }
+COMMANDS = ["edit", "info", *_FORWARDED]
 
 
 class UsageError(Exception):
@@ -191,9 +192,8 @@ def _forward(command: str, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ["edit", "info", *_FORWARDED]
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: python -m streamedit_core {{{','.join(commands)}}} ...\n\n"
+        print(f"usage: python -m streamedit_core {{{','.join(COMMANDS)}}} ...\n\n"
               "  edit        edit a video file with a text prompt (or a prompt schedule)\n"
               "  info        what a checkpoint holds, and the edits it knows\n"
               "  train       train a model (SCM loss, ASW partitions)\n"
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return main_info(rest)
         if command in _FORWARDED:
             return _forward(command, rest)
-        raise UsageError(f"unknown command {command!r}; expected one of {commands}")
+        raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
     except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
