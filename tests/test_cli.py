@@ -80,10 +80,14 @@ def test_unknown_preset(capsys, tmp_path, make_clip):
     assert "unknown preset 'huge'" in msg and "tiny" in msg
 
 
-def test_no_model_given(capsys, tmp_path, make_clip):
+def test_no_model_given_and_no_shipped_model(capsys, tmp_path, make_clip, monkeypatch):
+    """Without --checkpoint or --preset the shipped demo model is used (test_vocabulary.py); in a
+    checkout without it, one error names the flags and the missing file."""
+    import streamedit_core.io.checkpoint as checkpoint
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "gone" / "streamedit_demo.safetensors")
     src = make_clip("in.mp4")
     msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4")
-    assert "--checkpoint" in msg and "--preset" in msg
+    assert "--checkpoint" in msg and "--preset" in msg and "gone/streamedit_demo.safetensors' is missing" in msg
 
 
 def test_frame_size_not_supported(capsys, tmp_path, make_clip):

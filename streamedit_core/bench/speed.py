@@ -399,7 +399,7 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
         compile_dit(model, cuda_graphs=cuda_graphs)
     stages = StageTimer(model, device) if breakdown else None
     history = config.sampler.window_max if history is None else history
-    editor = StreamEditor(model, encoder, "make it a watercolor painting", seed=seed, steps=steps,
+    editor = StreamEditor(model, encoder, "make it a pencil sketch", seed=seed, steps=steps,
                           cfg_scale=1.0, window_min=history, window_max=history, attention=backend)
 
     texture = pattern_texture(size, seed)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import MAX_FRAME_PIXELS, ModelConfig
-from ..model.vocabulary import Reading
+from ..model.vocabulary import NO_EDIT, Reading
 from ..types import TextEmbedding
 from .sampler import StreamSampler
 from .schedule import PromptSchedule, check_prompt
@@ -103,16 +103,21 @@ def read_prompts(model, text_encoder, prompts: Sequence[str]) -> dict[str, Readi
     """Which edit of the model's closed vocabulary each prompt is read as
     (`StreamEditModel.read_prompt`); None for a model without one, which reads every prompt as
     it is. Each prompt is encoded alone (as the editor encodes it), one host sync each."""
-    if getattr(model, "vocabulary", None) is None:
+    vocabulary = getattr(model, "vocabulary", None)
+    if vocabulary is None:
         return None
-    return {p: model.read_prompt(text_encoder.encode([check_prompt(p)]))[0] for p in prompts}
+    vectors = vocabulary.wording_vectors(text_encoder)
+    return {p: model.read_prompt(text_encoder.encode([check_prompt(p)]), vectors)[0] for p in prompts}
 
 
-def describe_prompts(model, text_encoder, prompts: Sequence[str]) -> list[str]:
-    """One line per prompt saying which edit it is read as (`read_prompts`), for the CLI, the
-    nodes and logs; no lines for a model without a vocabulary."""
-    readings = read_prompts(model, text_encoder, prompts) or {}
-    return [f"{p!r} is read as {r}" for p, r in readings.items()]
+def unknown_prompts(model, readings: dict[str, Reading] | None) -> list[str]:
+    """One message per prompt that the model's vocabulary does not know (`Reading.known` false),
+    naming the edit it will be read as and the edits it knows; [] for a model without one."""
+    if not readings:
+        return []
+    edits = ", ".join(e for e in model.vocabulary.edits if e != NO_EDIT)
+    return [f"{p!r} is not an edit this model knows; it will be edited as the nearest, {r.edit}. "
+            f"It knows: {edits}, and no edit ('leave it as it is')" for p, r in readings.items() if not r.known]
 
 
 def _clone(obj: Any) -> Any:
@@ -157,6 +162,7 @@ class StreamEditor:
         self.device = model.device
         self._tstride = model.config.temporal_stride  # video frames per latent frame (4)
         self._texts: dict[str, TextEmbedding] = {}  # prompt -> embedding on the device
+        self._no_edit: dict[str, bool] = {}  # prompt -> read as "no edit" by the model's vocabulary
         self._null: TextEmbedding | None = None
         self._enc_cache = model.stle.new_cache()
         self._dec_cache = model.stle.new_cache()
@@ -381,15 +387,21 @@ class StreamEditor:
                 raise ValueError(f"text encoder gives token states {dims} (tokens, dim) per member, "
                                  f"the model expects {[(m.max_tokens, m.dim) for m in members]}; "
                                  "use the text ensemble the model was trained with")
+            # A model with a closed vocabulary passes the source through for a prompt it reads as
+            # "no edit" (one host sync, once per prompt).
+            readings = read_prompts(self.model, self.text_encoder, [prompt])
+            self._no_edit[prompt] = readings is not None and readings[prompt].edit == NO_EDIT
             emb = emb.to(self.device, self.model.dtype)
             # Keep only the prompts in use: a long session of prompt switches stays bounded.
             in_use = {self._prompt, self._target, *keep, *(self._schedule.prompts if self._schedule else ())}
             self._texts = {p: e for p, e in self._texts.items() if p in in_use}
+            self._no_edit = {p: e for p, e in self._no_edit.items() if p in in_use or p == prompt}
             self._texts[prompt] = emb
         return emb
 
-    def _texts_for_step(self) -> tuple[TextEmbedding, TextEmbedding | None]:
-        """(text, null_text) for the next forward; advances a running prompt transition."""
+    def _texts_for_step(self) -> tuple[TextEmbedding, TextEmbedding | None, float]:
+        """(text, null_text, identity) for the next forward (identity: how much of it is "no
+        edit", `StreamSampler.step`); advances a running prompt transition."""
         self._forwards += 1
         null = None
         if self.sampler_config.cfg_scale != 1.0:
@@ -399,9 +411,11 @@ class StreamEditor:
         if self._target is not None:
             w = (self._forwards - self._switch_start) / self._switch_len
             if w < 1.0:
-                return self._embed(self._prompt).blend(self._embed(self._target), w), null
+                text = self._embed(self._prompt).blend(self._embed(self._target), w)
+                identity = (1 - w) * self._no_edit[self._prompt] + w * self._no_edit[self._target]
+                return text, null, identity
             self._prompt, self._target = self._target, None
-        return self._embed(self._prompt), null
+        return self._embed(self._prompt), null, float(self._no_edit[self._prompt])
 
     def _process(self, frames: Tensor) -> Tensor | None:
         """frames [4, H, W, 3] -> edited frames [4, H, W, 3], or None during warm-up."""

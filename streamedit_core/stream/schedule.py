@@ -24,7 +24,7 @@ def check_prompt(prompt: Any) -> str:
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); describe the edit, e.g. "
-                         "'make it a watercolor painting'")
+                         "'make it a pencil sketch'")
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as e:  # bytes that were not UTF-8 (a shell's argv keeps them as surrogates)

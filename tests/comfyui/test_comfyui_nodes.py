@@ -197,6 +197,14 @@ SCHEMA_CHECK = textwrap.dedent("""
 """)
 
 
+def test_comfyui_starts_without_tracebacks(comfy_server):
+    """Our set-up gives ComfyUI what its own nodes import (torchaudio for the audio nodes): its
+    start-up log, up to the first job, holds no traceback and no node that failed to import."""
+    start = comfy_server.log().split("got prompt")[0]
+    assert "StreamEdit" in start or "comfyui-streamedit" in start
+    assert "Traceback" not in start and "Cannot import" not in start, start[-3000:]
+
+
 def test_every_execute_matches_its_schema():
     """Each node's execute() takes exactly its schema's inputs, in order; optional inputs (what an
     older saved workflow may lack) have the same default in both."""
@@ -230,6 +238,29 @@ def test_edit_video_file_workflow(comfy, comfy_base, object_info):
     frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
     assert frames.shape == (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
     assert torch.isfinite(frames).all() and frames.std() > 0
+
+
+def test_every_shipped_workflow_runs_as_shipped(comfy, comfy_base, object_info):
+    """As a user gets them: the shipped demo model, each workflow's own prompt, and the example
+    clip they name, which the nodes put into ComfyUI's input folder when ComfyUI starts."""
+    assert (comfy_base / "input" / "streamedit_example.mp4").is_file()
+    for name in ("edit_video_file", "stream_chunks", "prompt_schedule"):
+        prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), object_info)
+        result = run_ok(comfy, prompt, timeout=600)
+        if name != "stream_chunks":  # a stream's first job only fills the buffer
+            (ui,) = node_outputs(comfy, result.prompt_id, "SaveVideo" if name == "prompt_schedule"
+                                 else "StreamEditEditVideo", prompt)
+            saved = ui["images"][0]
+            frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
+            assert frames.shape == (64, 144, 176, 3), name
+
+
+def test_strict_refuses_a_prompt_the_model_does_not_know(comfy, object_info):
+    prompt = ui_to_api(json.loads((WORKFLOWS / "edit_video_file.json").read_text()), object_info)
+    set_inputs(prompt, "StreamEditTextEncode", prompt="make it a watercolor painting")
+    set_inputs(prompt, "StreamEditEditVideo", strict=True)
+    run_error(comfy, prompt, "'make it a watercolor painting' is not an edit this model knows",
+              "the nearest, grayscale", "strict is on")
 
 
 def test_prompt_schedule_workflow_with_comfy_video_nodes(comfy, comfy_base, object_info):
