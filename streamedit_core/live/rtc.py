@@ -13,6 +13,7 @@ variable); no STUN or TURN server is ever contacted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import fractions
 import ipaddress
@@ -52,6 +53,18 @@ def _install_ice_address_hook() -> None:
 
     get_host_addresses.streamedit_hook = True
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+@contextlib.contextmanager
+def pinned_ice_addresses(addresses: list[str] | None):
+    """Within the block (in this task), aiortc peers gather host candidates on `addresses` only
+    (None: every interface, aioice's default). Gathering runs in setLocalDescription."""
+    _install_ice_address_hook()
+    token = _ICE_ADDRESSES.set(None if addresses is None else list(addresses))
+    try:
+        yield
+    finally:
+        _ICE_ADDRESSES.reset(token)
 
 
 def is_loopback(host: str) -> bool:
@@ -240,9 +253,7 @@ class PeerSession:
     async def answer(self, sdp: str, kind: str) -> dict:
         from aiortc import RTCSessionDescription
 
-        _install_ice_address_hook()
-        token = _ICE_ADDRESSES.set(self.ice_addresses)
-        try:
+        with pinned_ice_addresses(self.ice_addresses):
             if self.ice_addresses is not None:
                 allowed = set(self.ice_addresses)
                 sdp = filter_candidates(sdp, lambda a: a in allowed or is_loopback(a))
@@ -270,8 +281,6 @@ class PeerSession:
             self.session.start()
             await pc.setLocalDescription(await pc.createAnswer())
             return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
-        finally:
-            _ICE_ADDRESSES.reset(token)
 
     # -- events --
     def _spawn(self, coro) -> None:
