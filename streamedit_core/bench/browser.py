@@ -162,18 +162,16 @@ READER_JS = r"""
 
 
 def fit_aspect(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop [H, W, 3] uint8 to width:height, resize to width x height (area)."""
-    import torch
-    import torch.nn.functional as F
+    """Centre-crop [H, W, 3] uint8 to width:height, resize to width x height (FFmpeg's area filter)."""
+    import av
     h, w = frame.shape[:2]
     if w * height > h * width:  # too wide
         cw, ch = h * width // height, h
     else:
         cw, ch = w, w * height // width
     y0, x0 = (h - ch) // 2, (w - cw) // 2
-    x = torch.from_numpy(np.ascontiguousarray(frame[y0:y0 + ch, x0:x0 + cw])).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="area")
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    crop = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[y0:y0 + ch, x0:x0 + cw]), format="rgb24")
+    return crop.reformat(width=width, height=height, interpolation="AREA").to_ndarray()
 
 
 def make_fake_camera(path: str | os.PathLike, *, frames: int, width: int = 256, height: int = 192,
@@ -190,11 +188,15 @@ def make_fake_camera(path: str | os.PathLike, *, frames: int, width: int = 256, 
     src = np.concatenate([(c.numpy() * 255).round().astype(np.uint8)
                           for c in VideoReader(clip or bundled_clip(), chunk_frames=64)])
     order = list(range(len(src))) + list(range(len(src) - 2, 0, -1))  # ping-pong
+    fitted: dict[int, np.ndarray] = {}
     path = Path(path)
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
-            rgb = code.draw(fit_aspect(src[order[i % len(order)]], width, height), i)
+            k = order[i % len(order)]
+            if k not in fitted:
+                fitted[k] = fit_aspect(src[k], width, height)
+            rgb = code.draw(fitted[k], i)
             yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
             f.write(b"FRAME\n")
             for plane, (pw, ph) in zip(yuv.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2))):
@@ -297,17 +299,18 @@ def first_showings(records: list[dict]) -> list[dict]:
     return out
 
 
-def match_latency(source: list[dict], edited: list[dict], period: int) -> list[tuple[float, float, dict, dict]]:
+def match_latency(source: list[dict], edited: list[dict], max_ms: float) -> list[tuple[float, float, dict, dict]]:
     """(time shown edited, latency ms, source record, edited record) for every edited frame whose
-    code was shown in the source before it: the latest showing of that code in the source
-    (the camera loops every `period` codes... or the clip's length) before the edited one."""
+    code was shown in the source before it, matched to the latest such showing. The camera
+    loops, so a match older than `max_ms` (half the loop) is ambiguous and left out: the
+    source's showing in this loop was missed."""
     by_code: dict[int, list[dict]] = {}
     for f in first_showings(source):
         by_code.setdefault(f["code"], []).append(f)
     out = []
     for e in first_showings(edited):
         candidates = [s for s in by_code.get(e["code"], []) if s["t"] <= e["t"]]
-        if candidates:
+        if candidates and e["t"] - candidates[-1]["t"] <= max_ms:
             s = candidates[-1]
             out.append((e["t"], e["t"] - s["t"], s, e))
     return out

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -123,7 +122,7 @@ def test_a_session_edits_takes_commands_refuses_beyond_the_cap_and_ends(server):
 def test_a_vanished_peer_ends_its_session(server):
     """A client killed without a goodbye (no DTLS close, no data channel close: what a lost
     network looks like) is ended by the idle timeout (3 s here)."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("live_helpers.py")), server.url, "60"],
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "live_helpers.py"), server.url, "60"],
                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         first = json.loads(proc.stdout.readline())

@@ -1,5 +1,6 @@
-"""Shared by the live tests: the live server as a real process (the CLI), and a WebRTC client
-built on aiortc (a second real peer, for tests that need no browser)."""
+"""Shared by the live tests (tests/live/, tests/comfyui/test_live_comfyui.py): the live server
+as a real process (the CLI), a WebRTC client built on aiortc (a second real peer, for tests that
+need no browser), and the fake camera's frame code."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
+LIVE_SIZE = 64  # the browser tests' session size: the demo model at a few frames per second under load
 
 
 class LiveServerProcess:
