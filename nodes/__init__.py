@@ -6,12 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
+from .live import FREED, MANAGER, LiveSession, mount
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
 from .video import EditVideo, LoadVideoChunk
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
-    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo, LoadVideoChunk,
+    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo, LoadVideoChunk, LiveSession,
 ]
 
 
@@ -35,8 +36,9 @@ def _finish_streams_with_jobs(prompt_queue) -> None:
 
 def _drop_streams_on_free():
     """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
-    drops every stream's state, like ComfyUI drops its caches. It runs on the server thread, so
-    the state is only marked dropped here; the worker releases it (see `StreamRegistry.clear`)."""
+    drops every stream's state, like ComfyUI drops its caches, and ends the live sessions. It runs
+    on the server thread, so the state is only marked dropped here; the worker releases it (see
+    `StreamRegistry.clear`); live sessions stop between two frames."""
     from aiohttp import web
 
     @web.middleware
@@ -46,6 +48,7 @@ def _drop_streams_on_free():
             body = await request.json()
             if body.get("unload_models") or body.get("free_memory"):
                 REGISTRY.clear()
+                MANAGER.unconfigure(FREED)
         return response
 
     return middleware
@@ -62,7 +65,8 @@ async def comfy_entrypoint() -> StreamEditExtension:
     from server import PromptServer
 
     app = PromptServer.instance.app
-    if not app.frozen:  # middlewares can only be added before the server starts
+    if not app.frozen:  # middlewares and routes can only be added before the server starts
         app.middlewares.append(_drop_streams_on_free())
+        mount(PromptServer.instance)
     _finish_streams_with_jobs(PromptServer.instance.prompt_queue)
     return StreamEditExtension()

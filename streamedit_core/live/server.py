@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import logging
 import secrets
@@ -154,6 +155,8 @@ class SessionManager:
             check_steps(body.get("steps"))
         except (ValueError, TypeError) as e:
             raise LiveError(400, str(e)) from None
+        if importlib.util.find_spec("aiortc") is None:
+            raise LiveError(503, "live sessions need aiortc, which is not installed here: pip install aiortc")
         with self._lock:
             engine = self.engine
             if engine is None:
