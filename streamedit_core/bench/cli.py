@@ -1,7 +1,8 @@
-"""`python -m streamedit_core bench {attention,stream,all,comfyui} ...`: which benchmark runs.
+"""`python -m streamedit_core bench {attention,stream,all,comfyui,live} ...`: which benchmark runs.
 
-`comfyui` (the node graph in a real ComfyUI against the core: `comfyui_bench`) has options of its
-own; everything else is `speed`'s. Each is imported only when asked for.
+`comfyui` (the node graph in a real ComfyUI against the core: `comfyui_bench`) and `live` (a live
+session in a real browser, glass to glass: `live_bench`) have options of their own; everything
+else is `speed`'s. Each is imported only when asked for.
 """
 from __future__ import annotations
 
@@ -14,5 +15,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["comfyui"]:
         from .comfyui_bench import main as main_comfyui
         return main_comfyui(argv[1:])
+    if argv[:1] == ["live"]:
+        from .live_bench import main as main_live
+        return main_live(argv[1:])
     from .speed import main as main_speed
     return main_speed(argv)

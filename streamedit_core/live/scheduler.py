@@ -10,9 +10,10 @@ Queuing every frame would make the delay grow without end, so:
   (a stalled editor never works through a backlog), and at most `capacity` frames wait.
 - `OutputPacer` (editor -> viewer) spreads each released group evenly over the time the editor
   takes per group (a running estimate), so the viewer sees a steady frame rate instead of bursts
-  of 4; between edited frames the output track repeats the last one rather than stall. A backlog
-  of more than one group is skipped to the newest frames, so pacing never adds more than about
-  one group period of delay.
+  of 4; between edited frames the output track repeats the last one rather than stall. A group
+  that arrives while the previous one is still being shown is spread over what is left of the
+  period (the lag is caught up within one group), and a backlog of more than one group is
+  skipped to the newest frames: pacing never adds more than one group period of delay.
 
 Both are plain thread-safe objects (the camera side runs on the asyncio loop, the editor in its
 worker thread) with an injectable clock, tested without any network.
@@ -184,12 +185,15 @@ class OutputPacer:
                 self.period = gap if self.period is None else (1 - self.smoothing) * self.period + self.smoothing * gap
             self._last_push = now
             period = self.period if self.period is not None else (period_hint or 0.0)
-            spacing = period / len(frames)
-            start = max(now, self._last_due + spacing)
+            n = len(frames)
+            start = max(now, self._last_due + period / n)
             if start > now + period:  # more than a group behind: skip to the newest frames
                 self.skipped += len(self._queue)
                 self._queue.clear()
                 start = now
+            # show the group by the time the next one is expected: a lag left by an early group
+            # is caught up within this one instead of adding to every frame after it
+            spacing = (now + period - start) / n
             for i, (frame, meta) in enumerate(zip(frames, metas)):
                 self._queue.append(_Due(frame, meta, start + i * spacing))
             self._last_due = start + (len(frames) - 1) * spacing

@@ -278,8 +278,9 @@ class SessionManager:
         except LiveError as e:
             return _error(e.status, str(e))
         out = {"session": peer.id, **peer.session.snapshot()}
-        if request.query.get("frames"):
-            out["frames"] = [t.__dict__ for t in list(peer.session.stats.log)]
+        if request.query.get("frames"):  # every shown frame's timings, on the server's clock
+            out["frames"] = [dict(t.__dict__) for t in list(peer.session.stats.log)]
+            out["clock"] = peer.session.clock()
         return web.json_response(out)
 
     async def _command(self, request: web.Request) -> web.Response:

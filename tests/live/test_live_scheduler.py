@@ -189,3 +189,29 @@ def test_settings_are_checked():
         LiveSettings(size=100).check(get_preset("demo"))
     with pytest.raises(ValueError, match="max_latency_s must be a positive number"):
         LiveSettings(max_latency_s=0).check()
+
+
+def test_pacer_delay_stays_under_a_period_with_jittery_groups():
+    """Groups every 0.4 s +- 0.15 s: each frame is shown within one period of its group's
+    arrival, on average well under it (no lag piles up)."""
+    clock = Clock()
+    p = OutputPacer(clock=clock)
+    rng = np.random.default_rng(0)
+    pushes, t, delays = [], 0.0, []
+    for k in range(150):
+        t += 0.4 + rng.uniform(-0.15, 0.15)
+        pushes.append(t)
+    pushed_at = {}
+    tick, i = 0, 0
+    while i < len(pushes) or p.backlog:
+        clock.t = tick / 30
+        while i < len(pushes) and pushes[i] <= clock.t:
+            p.push([(i, j) for j in range(4)], [None] * 4, period_hint=0.4)
+            pushed_at[i] = pushes[i]
+            i += 1
+        out = p.next()
+        if out is not None and out.new:
+            delays.append(clock.t - pushed_at[out.frame[0]])
+        tick += 1
+    assert p.skipped / p.pushed < 0.02
+    assert max(delays) <= 0.55 + 1 / 30 and np.mean(delays) < 0.25, (max(delays), np.mean(delays))
