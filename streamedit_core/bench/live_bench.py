@@ -21,7 +21,7 @@ Writes `bench/results/<name>-<size>.json` (the envelope of the other benchmarks:
 versions, commit, arguments, results).
 
     python -m streamedit_core bench live                                  # 64 and 128 px, 6/4/2/1 steps
-    python -m streamedit_core bench live --preset 2b --sizes 512 --device cuda --steps 6,2
+    python -m streamedit_core bench live --preset 2b --text random --sizes 512 --device cuda --steps 6,2
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ class Server:
                "--max-latency", str(args.max_latency)]
         cmd += ["--preset", args.preset] if args.preset else (["--checkpoint", args.checkpoint] if args.checkpoint else [])
         cmd += ["--device", args.device] if args.device else []
+        cmd += ["--text-ensemble", args.text] if args.text else []
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
@@ -228,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency", type=float, default=1.0, help="the server's --max-latency")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server")
     p.add_argument("--device", default=None, help="the server's torch device")
+    p.add_argument("--text", default=None, help="the server's --text-ensemble (random: for presets without encoders)")
     p.add_argument("--quality", action="store_true", help="also the edit benchmark at each step count")
     p.add_argument("--quality-pairs", type=int, default=None, help="with --quality: the first N test pairs")
     p.add_argument("--name", default=None, help="result name prefix (default <device>-live-<model>)")

@@ -27,6 +27,29 @@ DEFAULT_PROMPT = "make it a pencil sketch"
 DEFAULT_SIZE = {"tiny": 64, "demo": 128, "2b": 512, "10b": 512}
 
 
+class RandomText:
+    """A text encoder for speed work: each prompt maps to fixed random token states of the
+    model's member shapes (seeded by the prompt), so a preset runs without its encoders."""
+
+    def __init__(self, config) -> None:
+        self.members = config.dit.text_members
+
+    def null(self, batch: int = 1):
+        from ..types import TextEmbedding
+        return TextEmbedding.null(self.members, batch)
+
+    def encode(self, prompts):
+        import torch
+
+        from ..types import TextEmbedding
+        rows = []
+        for p in [prompts] if isinstance(prompts, str) else prompts:
+            g = torch.Generator().manual_seed(sum(map(ord, p)) + 7919 * len(p))
+            rows.append(TextEmbedding(tuple(torch.randn(1, m.max_tokens, m.dim, generator=g) for m in self.members),
+                                      tuple(torch.ones(1, m.max_tokens, dtype=torch.bool) for m in self.members)))
+        return TextEmbedding.cat(rows)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m streamedit_core live",
                                 description="Edit a camera stream live in the browser (WebRTC).")
@@ -54,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: a free one)")
     p.add_argument("--source", help="a video file as the camera for every session (looped at its frame rate)")
     p.add_argument("--record", help="write each session's edited output to this .mp4 (then NAME-2.mp4, ...)")
-    p.add_argument("--text-ensemble", default=None, help="folder with an ensemble.json (default: built-in MiniLM)")
+    p.add_argument("--text-ensemble", default=None,
+                   help="folder with an ensemble.json (default: built-in MiniLM); 'random': fixed random token "
+                        "states per prompt, for speed work with presets whose encoders are not here (2b, 10b)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return p
 
@@ -120,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = SHIPPED_MODEL
         print(f"no --checkpoint given: using the shipped demo model ({checkpoint})", flush=True)
     model = load_model(checkpoint, preset=args.preset, seed=args.seed, device=device)
-    text = TextEnsemble.for_model(model.config, args.text_ensemble)
+    text = RandomText(model.config) if args.text_ensemble == "random" else \
+        TextEnsemble.for_model(model.config, args.text_ensemble)
     size = args.size or DEFAULT_SIZE.get(model.config.name, 256)
     settings = LiveSettings(size=size, steps=args.steps, seed=args.seed, max_latency_s=args.max_latency,
                             transition_frames=args.transition, idle_timeout_s=args.idle_timeout)
