@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -19,7 +20,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.model import StreamEditModel
 from ..streamedit_core.model.text import TextEnsemble
-from ..streamedit_core.stream.editor import describe_prompts
+from ..streamedit_core.stream.editor import read_prompts, unknown_prompts
 from ..streamedit_core.stream.registry import REGISTRY, Stream
 from ..streamedit_core.stream.schedule import PromptSchedule
 
@@ -141,12 +142,34 @@ class EditText:
     schedule: PromptSchedule
 
 
-def read_as(model: StreamEditModel, text: EditText) -> str:
-    """What the model reads the prompts as, one line each (also logged), for a `read_as` output."""
-    lines = describe_prompts(model, text.encoder, text.schedule.prompts)
+def read_as(model: StreamEditModel, encoder, prompts: Sequence[str], strict: bool = False) -> str:
+    """What the model reads the prompts as, one line each, for a `read_as` output and the console;
+    a prompt it does not know is a warning, or with `strict` an error."""
+    readings = read_prompts(model, encoder, prompts)
+    warnings = unknown_prompts(model, readings)
+    if strict and warnings:
+        raise ValueError(f"{warnings[0]} (strict is on: turn it off to edit it as the nearest)")
+    for warning in warnings:
+        log.warning("StreamEdit: %s", warning)
+    lines = [f"{p!r} is read as {r}" for p, r in (readings or {}).items()]
     for line in lines:
         log.info("StreamEdit: %s", line)
-    return "\n".join(lines) or "this model reads prompts as they are (it has no closed vocabulary)"
+    return "\n".join(["WARNING: " + w for w in warnings] + lines) or \
+        "this model reads prompts as they are (it has no closed vocabulary)"
+
+
+STRICT_TOOLTIP = ("Refuse a prompt the model does not know instead of editing it as the nearest edit it "
+                  "knows (models with a closed vocabulary, like the shipped demo model).")
+
+
+def show_warning(text: str) -> None:
+    """A warning for the user: in the console (the core has logged it already) and as text on the
+    node that runs (what ComfyUI's own nodes use to show a value on the node)."""
+    from server import PromptServer
+
+    context = get_executing_context()
+    if context is not None and PromptServer.instance is not None:
+        PromptServer.instance.send_progress_text(f"warning: {text}", context.node_id)
 
 
 def progress_bar():
@@ -171,7 +194,9 @@ def open_stream(model: "LoadedModel", stream_id: str, chunk_index: int) -> Strea
     if not stream_id:
         return None
     context = get_executing_context()
-    return REGISTRY.open(stream_id, chunk_index, key=model.patcher,
+    # The patcher is the stream's owner, held weakly: when ComfyUI drops the model (its loader's
+    # output leaves the cache, /free) the stream is dropped too instead of keeping the model alive.
+    return REGISTRY.open(stream_id, chunk_index, key=None, owner=model.patcher,
                          job=context.prompt_id if context is not None else None)
 
 

@@ -15,8 +15,8 @@ from comfy_execution.graph_utils import ExecutionBlocker
 from ..streamedit_core.stream.editor import StreamEditor
 from ..streamedit_core.stream.latents import decode_latents, encode_frames, sample_latents
 from ..streamedit_core.stream.registry import REGISTRY, check_editor_settings
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STREAM_ID_TOOLTIP, EditText, LoadedModel,
-                     ModelType, TextType, check_model_latent, open_stream, progress_bar, read_as)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STREAM_ID_TOOLTIP, STRICT_TOOLTIP, EditText,
+                     LoadedModel, ModelType, TextType, check_model_latent, open_stream, progress_bar, read_as)
 
 FRAMES_KEY = "streamedit_frames"  # LATENT entry: video frames the latents stand for (tail padding)
 
@@ -123,6 +123,7 @@ class DiTSampler(io.ComfyNode):
                 io.Boolean.Input("flush", default=False, optional=True,
                                  tooltip="Streams only: end the stream after this chunk, returning "
                                          "the frames still in flight."),
+                io.Boolean.Input("strict", default=False, optional=True, tooltip=STRICT_TOOLTIP),
             ],
             outputs=[io.Latent.Output(display_name="latent"),
                      io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
@@ -135,11 +136,11 @@ class DiTSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, source: dict, text: EditText, seed: int, steps: int,
                 stream_id: str = "", chunk_index: int = 0, window_min: int = 1, window_max: int = 4,
-                flush: bool = False) -> io.NodeOutput:
+                flush: bool = False, strict: bool = False) -> io.NodeOutput:
         m = model.get()
         samples = check_model_latent(source, m, "DiT Sampler")
         settings = dict(seed=seed, steps=steps, window_min=window_min, window_max=window_max)
-        reading = read_as(m, text)
+        reading = read_as(m, text.encoder, text.schedule.prompts, strict)
         stream = open_stream(model, stream_id, chunk_index)
         if stream is None:  # a whole clip: edited from its start, flushed at its end
             editor, flush = StreamEditor(m, text.encoder, text.schedule, attention=model.attention, **settings), True

@@ -13,8 +13,7 @@ from comfy_api.latest import io
 from ..streamedit_core.live.server import SessionManager
 from ..streamedit_core.live.session import (PROMPT_MAX_CHARS, SIZE_MAX, SIZE_MIN, STEPS_MAX, TRANSITION_MAX,
                                             LiveSettings)
-from ..streamedit_core.stream.editor import describe_prompts
-from .common import CATEGORY, LoadedModel, ModelType, TextEncoderType, log
+from .common import CATEGORY, LoadedModel, ModelType, TextEncoderType, log, read_as
 
 PAGE = "/streamedit/live"
 MANAGER = SessionManager(max_sessions=1)  # the process's live sessions (routes mounted by `mount`)
@@ -94,7 +93,7 @@ class LiveSession(io.ComfyNode):
         MANAGER.max_sessions = max_sessions
         MANAGER.configure(m, text_encoder, prompt, settings, name=model.name, guard=_still_loaded(model.patcher),
                           transition=transition_frames)
-        reading = "; ".join(describe_prompts(m, MANAGER.engine.text_encoder, [prompt.strip()]))
-        text = f"open {PAGE}/ on this server ({size} x {size}, {steps} steps). {reading}".strip()
+        reading = read_as(m, MANAGER.engine.text_encoder, [prompt.strip()])
+        text = f"open {PAGE}/ on this server ({size} x {size}, {steps} steps).\n{reading}"
         log.info("StreamEdit Live: %s", text)
         return io.NodeOutput(f"{PAGE}/", ui={"text": [text]})

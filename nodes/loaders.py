@@ -144,10 +144,11 @@ class TextEnsembleEncode(io.ComfyNode):
             node_id="StreamEditTextEncode",
             display_name="StreamEdit Text Ensemble Encode",
             category=CATEGORY,
-            description="Encodes the edit prompt (e.g. 'make it a watercolor painting').",
+            description="Encodes the edit prompt (e.g. 'make it a pencil sketch'; the shipped demo model "
+                        "knows 13 edits: `python -m streamedit_core info` lists them).",
             inputs=[
                 TextEncoderType.Input("text_encoder"),
-                io.String.Input("prompt", multiline=True, default="make it a watercolor painting",
+                io.String.Input("prompt", multiline=True, default="make it a pencil sketch",
                                 tooltip="What the edited video should look like."),
             ],
             outputs=[TextType.Output(display_name="text")],
@@ -171,7 +172,7 @@ class PromptScheduleNode(io.ComfyNode):
             inputs=[
                 TextEncoderType.Input("text_encoder"),
                 io.String.Input("schedule", multiline=True,
-                                default="0: make it a watercolor painting\n48: make it a pencil sketch",
+                                default="0: make it look like an old sepia photograph\n48: make it a pencil sketch",
                                 tooltip="One 'frame: prompt' per line; the first at frame 0. Frames "
                                         "count from the start of the stream."),
                 io.Int.Input("transition_frames", default=8, min=0, max=1024, optional=True,

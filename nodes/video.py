@@ -9,10 +9,10 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 
 from ..streamedit_core.io.video import ChunkReader, VideoReader
-from ..streamedit_core.stream.edit import edit_video
+from ..streamedit_core.stream.edit import edit_video, parse_size, working_size
 from ..streamedit_core.stream.editor import check_frame_size
-from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, EditText, LoadedModel, ModelType,
-                     TextType, progress_bar, read_as, resolve_inside)
+from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STRICT_TOOLTIP, EditText, LoadedModel,
+                     ModelType, TextType, progress_bar, read_as, resolve_inside, show_warning)
 
 # Files that Load Video Chunk reads, left open between jobs (closed on /free).
 CHUNK_READER = ChunkReader()
@@ -59,6 +59,12 @@ class EditVideo(io.ComfyNode):
                              tooltip="History latent frames kept at most on static content."),
                 io.String.Input("filename_prefix", default="streamedit/edit", optional=True,
                                 tooltip="Output file prefix, inside the output folder."),
+                io.Int.Input("size", default=0, min=0, max=8192, step=8, optional=True,
+                             tooltip="Working size: 0 edits at the video's own size; otherwise the "
+                                     "longer side in pixels to edit at (aspect kept), the result "
+                                     "scaled back to the video's size. Quicker and lighter on large "
+                                     "videos; needed past 1920 x 1080."),
+                io.Boolean.Input("strict", default=False, optional=True, tooltip=STRICT_TOOLTIP),
             ],
             outputs=[io.Video.Output(display_name="video"),
                      io.String.Output(display_name="read_as", tooltip=READ_AS_TOOLTIP)],
@@ -79,16 +85,18 @@ class EditVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, text: EditText, video: str, seed: int, steps: int,
                 window_min: int = 1, window_max: int = 4,
-                filename_prefix: str = "streamedit/edit") -> io.NodeOutput:
+                filename_prefix: str = "streamedit/edit", size: int = 0, strict: bool = False) -> io.NodeOutput:
         source = resolve_inside(folder_paths.get_input_directory(), video, "video")
         m = model.get()
         reader = VideoReader(source)  # the header: the output's size
-        check_frame_size(m.config, reader.height, reader.width)
+        work = working_size(reader.width, reader.height, parse_size(size), m.config.spatial_stride)
+        check_frame_size(m.config, work[1], work[0])
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
-        reading = read_as(m, text)  # before the edit: the console says what the model will do
+        reading = read_as(m, text.encoder, text.schedule.prompts, strict)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
                    window_min=window_min, window_max=window_max, attention=model.attention,
-                   progress=progress_bar())
+                   progress=progress_bar(), size=parse_size(size),
+                   on_warning=show_warning)  # slow size, truncated file: on the node too
         return io.NodeOutput(VideoFromFile(path), reading, ui=ui.PreviewVideo(
             [ui.SavedResult(filename, subfolder, io.FolderType.output)]))
 
@@ -128,5 +136,5 @@ class LoadVideoChunk(io.ComfyNode):
         if chunk_frames % 4:
             raise ValueError(f"chunk_frames must be a multiple of 4, got {chunk_frames}")
         path = resolve_inside(folder_paths.get_input_directory(), video, "video")
-        chunk, fps = CHUNK_READER.read(path, chunk_index, chunk_frames)
+        chunk, fps = CHUNK_READER.read(path, chunk_index, chunk_frames)  # refuses chunks past MAX_CHUNK_PIXELS
         return io.NodeOutput(chunk, float(fps))

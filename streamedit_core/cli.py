@@ -26,6 +26,7 @@ _FORWARDED = {
     "demo": ("streamedit_core.bench.demo", "main"),
     "live": ("streamedit_core.live.cli", "main"),
 }
+COMMANDS = ["edit", "info", *_FORWARDED]
 
 
 class UsageError(Exception):
@@ -37,7 +38,8 @@ def _edit_parser() -> argparse.ArgumentParser:
                                 description="Edit a video file with a text prompt.")
     p.add_argument("input", help="input video (mp4, mov, mkv, ...)")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("-p", "--prompt", help="the edit, e.g. 'make it a watercolor painting'")
+    what.add_argument("-p", "--prompt", help="the edit, e.g. 'make it a pencil sketch' (`info` lists the edits "
+                                              "the shipped demo model knows)")
     what.add_argument("--schedule", help="prompts switched at video frames: 'frame: prompt' entries separated "
                                          "by ';', the first at frame 0, e.g. '0: make it sepia; 48: make it "
                                          "a pencil sketch'")
@@ -45,9 +47,13 @@ def _edit_parser() -> argparse.ArgumentParser:
                    help="with --schedule: video frames over which each new prompt is blended in (default 0)")
     p.add_argument("-o", "--output", required=True, help="output video path (written atomically)")
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", help="a StreamEdit .safetensors checkpoint")
+    model.add_argument("--checkpoint", help="a StreamEdit .safetensors checkpoint (default: the shipped demo "
+                                            "model, models/streamedit_demo.safetensors)")
     model.add_argument("--preset", help=f"random weights of a preset ({', '.join(PRESETS)}); for tests "
                                         "and speed work")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a prompt the model does not know (a model with a closed vocabulary, like the "
+                        "demo model, otherwise edits it as the nearest edit it knows, with a warning)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (and the weights' seed with --preset)")
     p.add_argument("--steps", type=int, default=None, help="denoising levels (default: the model's, 6)")
     p.add_argument("--cfg-scale", type=float, default=None,
@@ -56,19 +62,28 @@ def _edit_parser() -> argparse.ArgumentParser:
                    help="folder with an ensemble.json (default: the built-in MiniLM ensemble)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--chunk-frames", type=int, default=16, help="frames read per chunk")
+    p.add_argument("--size", default=None,
+                   help="working size: edit at this size and scale the result back to the video's, e.g. "
+                        "640 (the longer side, aspect kept) or 640x360 (default: the video's own size; "
+                        "past 1920 x 1080 a working size is needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def load_model_and_text(args: argparse.Namespace, device: str):
-    """(model, text encoder) that --checkpoint or --preset and --text-ensemble name."""
-    from .io.checkpoint import load_model
+def load_model_and_text(args: argparse.Namespace, device):
+    """(model, text encoder) that --checkpoint or --preset and --text-ensemble name; neither:
+    the shipped demo model (said on stderr)."""
+    from .io.checkpoint import SHIPPED_MODEL, load_model
     from .model.text import TextEnsemble
 
-    if not (args.checkpoint or args.preset):
-        raise UsageError("give a model: --checkpoint FILE.safetensors or --preset NAME "
-                         f"(one of {sorted(PRESETS)})")
-    model = load_model(args.checkpoint, preset=args.preset, seed=args.seed, device=device)
+    checkpoint = args.checkpoint
+    if not (checkpoint or args.preset):
+        if not SHIPPED_MODEL.is_file():
+            raise UsageError(f"give a model: --checkpoint FILE.safetensors or --preset NAME (one of "
+                             f"{sorted(PRESETS)}); the shipped demo model {str(SHIPPED_MODEL)!r} is missing")
+        checkpoint = SHIPPED_MODEL
+        print(f"using the shipped demo model {SHIPPED_MODEL} (--checkpoint to choose another)", file=sys.stderr)
+    model = load_model(checkpoint, preset=args.preset, seed=args.seed, device=device)
     return model, TextEnsemble.for_model(model.config, args.text_ensemble)
 
 
@@ -76,11 +91,10 @@ def main_edit(argv: Sequence[str]) -> int:
     args = _edit_parser().parse_args(argv)
     import os
 
-    import torch
-
-    from .stream.edit import edit_video
-    from .stream.editor import describe_prompts
+    from .stream.edit import edit_video, parse_size
+    from .stream.editor import read_prompts, unknown_prompts
     from .stream.schedule import PromptSchedule, check_prompt
+    from .types import resolve_device
 
     prompt = (PromptSchedule.parse(args.schedule, args.transition) if args.schedule is not None
               else check_prompt(args.prompt))
@@ -89,11 +103,17 @@ def main_edit(argv: Sequence[str]) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir!r}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size = parse_size(args.size)
+    device = resolve_device(args.device)
     model, text = load_model_and_text(args, device)
     prompts = prompt.prompts if isinstance(prompt, PromptSchedule) else [prompt]
-    for line in describe_prompts(model, text, prompts):  # what a closed-vocabulary model will do
-        print(line)
+    readings = read_prompts(model, text, prompts)  # what a closed-vocabulary model will do
+    for message in unknown_prompts(model, readings):
+        if args.strict:
+            raise UsageError(f"{message} (--strict)")
+        print(f"warning: {message}", file=sys.stderr)
+    for p, reading in (readings or {}).items():
+        print(f"{p!r} is read as {reading}")
 
     bar = None
 
@@ -101,22 +121,66 @@ def main_edit(argv: Sequence[str]) -> int:
         nonlocal bar
         if args.quiet:
             return
-        if bar is None:  # created on the first chunk: input errors come before any bar
+        if bar is None:  # created on the first step: input errors come before any bar
             from tqdm import tqdm
-            bar = tqdm(total=total, unit="frame", desc="editing", dynamic_ncols=True)
+            # a step: one latent frame (4 video frames) through the model; the last steps flush
+            bar = tqdm(total=total, unit="step", desc="editing (+ flush)",
+                       dynamic_ncols=True)
         bar.total = total
         bar.update(done - bar.n)
 
     try:
         summary = edit_video(model, text, args.input, args.output, prompt, seed=args.seed,
                              steps=args.steps, cfg_scale=args.cfg_scale, progress=progress,
-                             chunk_frames=args.chunk_frames)
+                             chunk_frames=args.chunk_frames, size=size)
     finally:
         if bar is not None:
             bar.close()
-    print(f"edited {summary['frames']} frames ({summary['width']}x{summary['height']}, "
+    w, h = summary["working_size"]
+    at = "" if (w, h) == (summary["width"], summary["height"]) else f", edited at {w}x{h}"
+    print(f"edited {summary['frames']} frames ({summary['width']}x{summary['height']}{at}, "
           f"{summary['video_fps']:.3g} fps video) in {summary['seconds']:.1f} s: "
           f"{summary['fps']:.2f} frames/s -> {args.output}")
+    return 0
+
+
+def main_info(argv: Sequence[str]) -> int:
+    """`python -m streamedit_core info [MODEL]`: what a checkpoint holds and, for a model with a
+    closed vocabulary, the edits it knows, some of their wordings and how prompts are matched."""
+    p = argparse.ArgumentParser(prog="python -m streamedit_core info",
+                                description="Describe a StreamEdit checkpoint and the edits it knows.")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .safetensors checkpoint (default: the shipped demo model)")
+    p.add_argument("--wordings", type=int, default=3, help="example wordings shown per edit")
+    args = p.parse_args(argv)
+    from .io.checkpoint import SHIPPED_MODEL, read_checkpoint_config, read_checkpoint_metadata
+    from .model import count_parameters
+    from .model.vocabulary import NO_EDIT
+
+    path = args.checkpoint or SHIPPED_MODEL
+    config, meta = read_checkpoint_config(path), read_checkpoint_metadata(path)
+    counts = count_parameters(config)
+    sampler, vocab = config.sampler, config.vocabulary
+    print(f"{path}: a {config.name!r} model, {counts['total'] / 1e6:.1f} M parameters "
+          f"(STLE {counts['stle'] / 1e6:.1f} M, DiT {counts['dit'] / 1e6:.1f} M, refiner {counts['refiner'] / 1e3:.0f} k)")
+    print(f"sampling: {sampler.steps} steps, CFG scale {sampler.cfg_scale:g}, history window "
+          f"{sampler.window_min}-{sampler.window_max} latent frames; frame sizes: multiples of {config.spatial_stride}")
+    print("text: " + ", ".join(f"{m.kind} ({m.dim}-d, {m.max_tokens} tokens)" for m in config.dit.text_members))
+    if meta.get("trained_on"):
+        print(f"trained on: {meta['trained_on']}")
+    if not vocab.edits:
+        print("edits: any prompt (no closed vocabulary: the model reads each prompt as it is)")
+        return 0
+    print(f"edits: a closed vocabulary of {len(vocab.edits)}; every prompt is edited as the nearest of them "
+          f"(the refiner's view of the prompt against one anchor per edit).")
+    for i, edit in enumerate(vocab.edits):
+        words = vocab.wordings[i] if vocab.wordings else ()
+        shown = "; ".join(repr(w) for w in words[:args.wordings])
+        note = " (no edit: the source passes through)" if edit == NO_EDIT else ""
+        print(f"  {edit:<10} {len(words)} wordings{note}{': ' + shown if shown else ''}")
+    if vocab.threshold:
+        print(f"known prompts: sentence vectors (centred on the wordings' mean) at least {vocab.threshold:g} "
+              "similar to a wording; others get a warning (`edit --strict`: an error)")
     return 0
 
 
@@ -137,10 +201,10 @@ def _forward(command: str, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ["edit", *_FORWARDED]
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: python -m streamedit_core {{{','.join(commands)}}} ...\n\n"
+        print(f"usage: python -m streamedit_core {{{','.join(COMMANDS)}}} ...\n\n"
               "  edit        edit a video file with a text prompt (or a prompt schedule)\n"
+              "  info        what a checkpoint holds, and the edits it knows\n"
               "  train       train a model (SCM loss, ASW partitions)\n"
               "  distill     progressive distillation to a 6-step CFG-free student\n"
               "  train-demo  the demo model end to end: stages, refiner, fp16 export, eval against targets\n"
@@ -152,15 +216,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .io.files import Terminated, raise_on_signals, restore_signals
+
+    # SIGTERM/SIGHUP end a command as Ctrl-C does: writers delete their temporary files.
+    previous = raise_on_signals()
     try:
         if command == "edit":
             return main_edit(rest)
+        if command == "info":
+            return main_info(rest)
         if command in _FORWARDED:
             return _forward(command, rest)
-        raise UsageError(f"unknown command {command!r}; expected one of {commands}")
+        raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
     except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"error: {e} (no output written)", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted (no output written)", file=sys.stderr)
         return 130
+    finally:
+        restore_signals(previous)

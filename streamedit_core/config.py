@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+# Size limits (docs/development.md, Limits): past them memory runs out in the allocator, not in a
+# check. The CLI's --size and the Edit Video node's size input edit a larger video at a working size.
+MAX_FRAME_PIXELS = 1920 * 1080  # height x width of a frame the model edits (1080p: ~13 GB RSS on the CPU)
+MAX_CHUNK_PIXELS = 64 * MAX_FRAME_PIXELS  # frames x height x width one chunk of frames may hold (1.6 GB float32)
 
 TEXT_KINDS = ("t5", "byt5", "clip", "sentence")
 ATTENTION_BACKENDS = ("dense", "window", "dsa")
@@ -19,6 +27,14 @@ PREDICTIONS = ("velocity", "source_residual")  # DiTConfig.prediction: what its 
 TEXT_POOLINGS = ("mean", "attention")  # DiTConfig.text_pooling
 VOCABULARY_VIEWS = ("refiner",)  # VocabularyConfig.view
 VOCABULARY_DISTANCES = ("layer_norm_euclidean",)  # VocabularyConfig.distance
+
+
+def _at_least(config: Any, **minimums: int) -> None:
+    """ValueError naming the field of `config` below its minimum (sizes, counts)."""
+    for name, low in minimums.items():
+        value = getattr(config, name)
+        if value < low:
+            raise ValueError(f"{type(config).__name__}.{name}={value!r} must be >= {low}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,14 @@ class STLEConfig:
     temporal_down: tuple[bool, ...] = (True, True, False)  # which downsamples halve time -> 4x
     res_blocks: int = 1  # residual blocks per level
     temporal_kernel: int = 3  # causal kernel size in time
+
+    def __post_init__(self) -> None:
+        _at_least(self, in_channels=1, latent_channels=1, res_blocks=0, temporal_kernel=1)
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError(f"STLEConfig.channels={self.channels!r} must be one or more sizes >= 1")
+        if len(self.temporal_down) != len(self.channels) - 1:
+            raise ValueError(f"STLEConfig.temporal_down has {len(self.temporal_down)} entries, expected one "
+                             f"per downsample ({len(self.channels) - 1})")
 
     @property
     def spatial_stride(self) -> int:
@@ -50,6 +74,9 @@ class TextMemberConfig:
     kind: str  # one of TEXT_KINDS
     dim: int  # hidden size of the encoder's token states
     max_tokens: int  # sequences are padded/truncated to this many tokens
+
+    def __post_init__(self) -> None:
+        _at_least(self, dim=1, max_tokens=1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +101,15 @@ class DiTConfig:
     edit_map_channels: int = 0  # the edit map in full on these leading latent channels, per channel after (0 = all)
     text_pooling: str = "mean"  # how the pooled prompt reads the tokens, one of TEXT_POOLINGS
 
+    def __post_init__(self) -> None:
+        _at_least(self, latent_channels=1, patch_size=1, hidden_size=1, num_heads=1, depth_outer=0,
+                  depth_inner=0, max_frames=1, window_frames=0, dsa_block_size=1, edit_map_rank=0,
+                  edit_map_channels=0)
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"DiTConfig.mlp_ratio={self.mlp_ratio!r} must be a finite number > 0")
+        if not 0.0 < self.dsa_density <= 1.0:
+            raise ValueError(f"DiTConfig.dsa_density={self.dsa_density!r} must be in (0, 1]")
+
     @property
     def depth(self) -> int:
         return 2 * self.depth_outer + self.depth_inner
@@ -89,6 +125,15 @@ class SamplerConfig:
     window_max: int = 4  # ... and at most (before the memory budget caps it)
     scene_cut_threshold: float = 0.5  # relative latent distance that counts as a scene cut
     memory_budget_mb: float = 0.0  # 0 = no budget; else caps window_max by the activation estimate
+
+    def __post_init__(self) -> None:
+        _at_least(self, steps=1, window_min=0, window_max=0)
+        for name in ("shift", "cfg_scale", "scene_cut_threshold", "memory_budget_mb"):
+            if not math.isfinite(getattr(self, name)):  # NaN would only show as NaN frames at the end
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        if self.shift <= 0 or self.scene_cut_threshold < 0 or self.memory_budget_mb < 0:
+            raise ValueError(f"need shift > 0, scene_cut_threshold >= 0, memory_budget_mb >= 0; got "
+                             f"{self.shift}, {self.scene_cut_threshold}, {self.memory_budget_mb}")
 
 
 @dataclass(frozen=True)
@@ -106,10 +151,11 @@ class RefinerConfig:
 class VocabularyConfig:
     """A closed vocabulary of edits (model/vocabulary.py): the model reads every prompt as the
     nearest of them. No edits = no vocabulary: the prompt is read as it is."""
-    edits: tuple[str, ...] = ()  # names, one anchor vector each; "none" is the empty prompt (no edit)
-    wordings: tuple[tuple[str, ...], ...] = ()  # a few training wordings of each edit (() = not stored)
-    view: str = "refiner"  # which vector of the prompt is matched, one of VOCABULARY_VIEWS
+    edits: tuple[str, ...] = ()  # names, one anchor vector each; "none" (no edit) passes the source through
+    wordings: tuple[tuple[str, ...], ...] = ()  # training wordings of each edit, which prompts are matched to
+    view: str = "refiner"  # which vector of the prompt is matched to the anchors, one of VOCABULARY_VIEWS
     distance: str = "layer_norm_euclidean"  # how "nearest" is measured, one of VOCABULARY_DISTANCES
+    threshold: float = 0.0  # a prompt less similar than this to every wording is out of vocabulary (0: none is)
 
     def __post_init__(self) -> None:
         edits, wordings = self.edits, self.wordings
@@ -120,6 +166,10 @@ class VocabularyConfig:
                 isinstance(w, tuple) and all(isinstance(x, str) and x for x in w) for w in wordings)):
             raise ValueError(f"vocabulary wordings={wordings!r} must be empty or one tuple of non-empty "
                              f"strings per edit ({len(edits)} edits)")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 <= self.threshold <= 1 or (self.threshold and not wordings):
+            raise ValueError(f"vocabulary threshold={self.threshold!r} must be a number in [0, 1], and above 0 "
+                             "only with wordings to match prompts to")
         if self.view not in VOCABULARY_VIEWS or self.distance not in VOCABULARY_DISTANCES:
             raise ValueError(f"vocabulary view={self.view!r}, distance={self.distance!r}; expected one of "
                              f"{VOCABULARY_VIEWS} and one of {VOCABULARY_DISTANCES}")
@@ -135,6 +185,8 @@ class ModelConfig:
     vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"ModelConfig.name must be a string, got {self.name!r}")
         if self.stle.latent_channels != self.dit.latent_channels:
             raise ValueError(f"STLE latent_channels={self.stle.latent_channels} != "
                              f"DiT latent_channels={self.dit.latent_channels}")
@@ -168,6 +220,9 @@ class ModelConfig:
             raise ValueError(f"a vocabulary of edits ({len(self.vocabulary.edits)}) is matched on the refiner's "
                              f"view of the prompt: it needs a refiner (width={self.refiner.width}) that reads "
                              f"the prompt (prompt={self.refiner.prompt})")
+        if self.vocabulary.wordings and not any(m.kind == "sentence" for m in self.dit.text_members):
+            raise ValueError("vocabulary wordings are matched by sentence vectors: the model needs a 'sentence' "
+                             f"text member, it has {[m.kind for m in self.dit.text_members]}")
         if self.dit.hidden_size % self.dit.num_heads:
             raise ValueError(f"hidden_size={self.dit.hidden_size} is not divisible by "
                              f"num_heads={self.dit.num_heads}")
@@ -209,17 +264,54 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__}; "
                          f"known keys are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
         sub = _NESTED.get((cls, name))
         if sub is TextMemberConfig:
-            value = tuple(_from_dict(TextMemberConfig, v, f"{where}.{name}") for v in value)
+            if not isinstance(value, list):
+                raise TypeError(f"{where}.{name} must be a list of objects, got {value!r}")
+            value = tuple(_from_dict(TextMemberConfig, v, f"{where}.{name}[{i}]") for i, v in enumerate(value))
         elif sub is not None:
             value = _from_dict(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
+        else:
             value = _tuples(value)
+            if not _is_a(value, hints[name]):
+                raise TypeError(f"{where}.{name} must be {_type_name(hints[name])}, got {value!r}")
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}: {e}") from e
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON has the type a config field declares (ints are floats,
+    bools are not numbers)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        item = args[0]
+        return isinstance(value, tuple) and all(_is_a(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return f"a list of {_type_name(args[0])}s".replace("a list of a ", "a list of ").replace(
+            "a list of an ", "a list of ")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
 
 
 def _tuples(value: Any) -> Any:

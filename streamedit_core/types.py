@@ -76,3 +76,24 @@ class TextEmbedding:
             states.append(torch.lerp(a, b.to(a.dtype), w))
         masks = tuple(ma | mb for ma, mb in zip(self.masks, other.masks))
         return TextEmbedding(tuple(states), masks)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device a user named (None: cuda if available, else cpu); ValueError for a name
+    torch does not know and for a CUDA device this machine does not have."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here (no GPU or no "
+                             f"driver; this torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device {name!r} is not supported; expected cpu, cuda or cuda:N")
+    return device

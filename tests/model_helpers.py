@@ -36,6 +36,10 @@ class FakeTextEncoder:
                 for p in prompts]
         return TextEmbedding((torch.cat(rows),), (torch.ones(len(rows), self.tokens, dtype=torch.bool),))
 
+    def sentence_vectors(self, prompts):
+        """Unit mean token states [B, dim], as TextEnsemble.sentence_vectors."""
+        return torch.nn.functional.normalize(self.encode(prompts).token_means()[0], dim=-1)
+
     def null(self, batch: int = 1):
         from streamedit_core.types import TextEmbedding
         return TextEmbedding((torch.zeros(batch, self.tokens, self.dim),),

@@ -308,23 +308,22 @@ def test_format_1_errors(tmp_path):
         load_checkpoint(mislabelled)
 
 
-def test_the_shipped_file_loads_through_the_migration(tmp_path):
-    """The shipped demo model is format 1 (its 14 prompt anchors on the refiner): it loads with a
-    vocabulary holding the same vectors, and saved again it is format 2 with the same tensors."""
+def test_the_shipped_file_is_format_2_and_its_format_1_form_migrates(tmp_path):
+    """The shipped demo model is format 2 (its vocabulary: 14 edits, their wordings, a threshold).
+    Written as format 1 wrote it, it loads with the same weights and anchors, so files saved by
+    older code keep working."""
     meta = read_checkpoint_metadata(SHIPPED)
-    assert meta[FORMAT_KEY] == "1" and len(json.loads(meta[CONFIG_KEY])["refiner"]["anchors"]) == 14
+    assert meta[FORMAT_KEY] == "2" and "anchors" not in json.loads(meta[CONFIG_KEY])["refiner"]
     model = load_checkpoint(SHIPPED)  # as stored: fp16
     vocab = model.config.vocabulary
-    assert len(vocab.edits) == 14 and vocab.edits[-1] == "none" and vocab.wordings == ()
+    assert len(vocab.edits) == 14 and vocab.edits[-1] == "none" and vocab.wordings and vocab.threshold > 0
     assert (vocab.view, vocab.distance) == ("refiner", "layer_norm_euclidean")
     assert model.config == read_checkpoint_config(SHIPPED)
     with safe_open(str(SHIPPED), framework="pt") as f:
-        stored = f.get_tensor("refiner.anchors")
+        stored = f.get_tensor("vocabulary.anchors")
     assert stored.dtype == torch.float16 and torch.equal(model.vocabulary.anchors, stored)
-    assert "refiner.anchors" not in model.state_dict()
-    again = tmp_path / "demo.safetensors"
-    save_checkpoint(model, again)
-    reloaded = load_checkpoint(again)
-    assert reloaded.config == model.config and read_checkpoint_metadata(again)[FORMAT_KEY] == "2"
-    a, b = reloaded.state_dict(), model.state_dict()
+    old = _format_1(model, tmp_path / "old.safetensors")
+    migrated = load_checkpoint(old)
+    assert migrated.config.vocabulary.edits == vocab.edits and migrated.config.vocabulary.wordings == ()
+    a, b = migrated.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

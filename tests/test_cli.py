@@ -1,8 +1,10 @@
 """`python -m streamedit_core edit`: a real edit through a subprocess, and every bad input:
 exit status 2, one `error:` line naming the problem, no traceback, no output file."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,10 +80,14 @@ def test_unknown_preset(capsys, tmp_path, make_clip):
     assert "unknown preset 'huge'" in msg and "tiny" in msg
 
 
-def test_no_model_given(capsys, tmp_path, make_clip):
+def test_no_model_given_and_no_shipped_model(capsys, tmp_path, make_clip, monkeypatch):
+    """Without --checkpoint or --preset the shipped demo model is used (test_vocabulary.py); in a
+    checkout without it, one error names the flags and the missing file."""
+    import streamedit_core.io.checkpoint as checkpoint
+    monkeypatch.setattr(checkpoint, "SHIPPED_MODEL", tmp_path / "gone" / "streamedit_demo.safetensors")
     src = make_clip("in.mp4")
     msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4")
-    assert "--checkpoint" in msg and "--preset" in msg
+    assert "--checkpoint" in msg and "--preset" in msg and "gone/streamedit_demo.safetensors' is missing" in msg
 
 
 def test_frame_size_not_supported(capsys, tmp_path, make_clip):
@@ -105,3 +111,144 @@ def test_forwarded_command_missing_from_build(capsys, tmp_path, monkeypatch):
     import streamedit_core.cli as cli
     monkeypatch.setitem(cli._FORWARDED, "bench", ("streamedit_core.no_such_module", "main"))
     assert "'bench' is not available in this build" in _bad(capsys, tmp_path, "bench")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_edit_leaves_no_temporary_file(tmp_path, make_clip, sig):
+    """Issue 49, defect 4: SIGTERM or SIGHUP while the edit writes its output left the hidden
+    .out.XXXX.mp4 behind; the CLI now ends as it does on Ctrl-C: one error line, no file."""
+    src = make_clip("in.mp4", frames=96, w=64, h=64)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamedit_core", "edit", str(src), "-p", "x", "-o",
+                             str(tmp_path / "out.mp4"), "--preset", "tiny", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.*.mp4")):  # the writer's temporary file: the edit runs
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"error: terminated by {signal.Signals(sig).name} (no output written)"
+    assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
+
+
+# --- every bad input one clear error (issue 49, defect 5), and the limits (defects 6, 8, 9) ----
+def _rewrite_checkpoint(src: Path, dst: Path, change) -> Path:
+    """A copy of a checkpoint whose safetensors header `change(header)` edited."""
+    import json
+    import struct
+
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return dst
+
+
+def _set_config(header, section, key, value):
+    import json
+
+    config = json.loads(header["__metadata__"]["streamedit_config"])
+    config[section][key] = value
+    header["__metadata__"]["streamedit_config"] = json.dumps(config)
+
+
+def _set_dtype(header, dtype):
+    name = next(k for k in header if k != "__metadata__" and header[k]["dtype"] == "F32")
+    header[name]["dtype"] = dtype
+
+
+BAD_CHECKPOINTS = [
+    (lambda h: h.__setitem__("__metadata__", ["not", "an", "object"]), "metadata must be an object of strings"),
+    (lambda h: h["__metadata__"].__setitem__("streamedit_format", 2), "metadata 'streamedit_format' is 2 (int)"),
+    (lambda h: _set_dtype(h, "F16"), "needs"),  # offsets that do not match the dtype
+    (lambda h: _set_config(h, "dit", "num_heads", 0), "DiTConfig.num_heads=0 must be >= 1"),
+    (lambda h: _set_config(h, "dit", "hidden_size", "80"), "config.dit.hidden_size must be an integer, got '80'"),
+    (lambda h: _set_config(h, "sampler", "steps", 6.5), "config.sampler.steps must be an integer, got 6.5"),
+]
+
+
+@pytest.mark.parametrize("change,needle", BAD_CHECKPOINTS)
+def test_a_damaged_checkpoint_is_one_error_line(capsys, tmp_path, make_clip, change, needle):
+    from streamedit_core.io.checkpoint import save_checkpoint
+    from streamedit_core.model import StreamEditModel
+
+    src = make_clip("in.mp4")
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(StreamEditModel.from_preset("tiny"), good)
+    bad = _rewrite_checkpoint(good, tmp_path / "bad.safetensors", change)
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--checkpoint", bad)
+    assert "bad.safetensors" in msg and needle in msg, msg
+
+
+def test_text_encoder_folders_that_cannot_be_read_are_one_error_line(capsys, tmp_path, make_clip):
+    import json
+    import shutil
+
+    from streamedit_core.model.text import minilm_folder
+
+    src = make_clip("in.mp4")
+    folder = tmp_path / "pickled" / "enc"
+    shutil.copytree(minilm_folder(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04this is not a pickle of tensors")
+    (folder.parent / "ensemble.json").write_text(json.dumps(
+        {"name": "p", "members": [{"kind": "sentence", "path": "enc", "max_tokens": 16}]}))
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny",
+               "--text-ensemble", folder.parent)
+    assert "pytorch_model.bin" in msg and "safe_serialization=True" in msg
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / "ensemble.json").write_bytes(b'{"name": "caf\xe9", "members": []}')
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny",
+               "--text-ensemble", latin)
+    assert str(latin / "ensemble.json") in msg and "not UTF-8" in msg
+
+
+def test_a_prompt_that_is_not_utf8_is_one_error_line(capsys, tmp_path, make_clip):
+    src = make_clip("in.mp4")
+    prompt = os.fsdecode(b"make it caf\xe9")  # what Python makes of such bytes in argv
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", prompt, "-o", tmp_path / "o.mp4", "--preset", "tiny")
+    assert "is not valid UTF-8 text" in msg
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_devices_this_machine_lacks_are_one_error_line(capsys, tmp_path, make_clip):
+    src = make_clip("in.mp4")
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny",
+               "--device", "cuda")
+    assert "CUDA is not available here" in msg and "--device cpu" in msg
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny",
+               "--device", "gpu0")
+    assert "unknown device 'gpu0'" in msg
+
+
+def test_out_of_memory_is_one_error_line(capsys, tmp_path, make_clip, monkeypatch):
+    from streamedit_core.stream.editor import StreamEditor
+
+    monkeypatch.setattr(StreamEditor, "feed", lambda self, frames: __import__("torch").empty(2 ** 62, dtype=__import__("torch").uint8))
+    msg = _bad(capsys, tmp_path, "edit", make_clip("in.mp4"), "-p", "x", "-o", tmp_path / "o.mp4",
+               "--preset", "tiny", "--quiet")
+    assert "out of memory editing 32 x 32 frames on cpu" in msg and "--size" in msg
+
+
+def test_a_non_finite_cfg_scale_fails_before_editing(capsys, tmp_path, make_clip):
+    """Before, the whole clip was edited (a progress bar ran) and then the NaN frames failed."""
+    msg = _bad(capsys, tmp_path, "edit", make_clip("in.mp4"), "-p", "x", "-o", tmp_path / "o.mp4",
+               "--preset", "tiny", "--cfg-scale", "nan")
+    assert "cfg_scale must be a finite number, got nan" in msg
+
+
+def test_a_frame_past_the_size_limit_is_refused_and_edits_at_a_working_size(capsys, tmp_path, make_clip):
+    from streamedit_core.io.video import VideoReader
+
+    src = make_clip("big.mp4", frames=1, w=4000, h=4000)
+    msg = _bad(capsys, tmp_path, "edit", src, "-p", "x", "-o", tmp_path / "o.mp4", "--preset", "tiny")
+    assert "4000 x 4000 (16.0 megapixels) is past the limit" in msg and "MAX_FRAME_PIXELS" in msg
+    assert main(["edit", str(src), "-p", "x", "-o", str(tmp_path / "o.mp4"), "--preset", "tiny",
+                 "--steps", "1", "--size", "64", "--quiet"]) == 0
+    assert "edited 1 frames (4000x4000, edited at 64x64" in capsys.readouterr().out
+    out = VideoReader(tmp_path / "o.mp4")
+    assert (out.width, out.height, out.num_frames) == (4000, 4000, 1)

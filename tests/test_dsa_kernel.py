@@ -61,6 +61,41 @@ def test_op_registration_and_fake_tensor():
     torch.library.opcheck(op, (q, k, v, counts, indices, 8))
 
 
+def test_backward_is_the_masked_attention_gradient():
+    """Issue 49, defect 1: the op has an autograd formula (gradcheck in float64, empty rows
+    included), checked by opcheck with inputs that require grad, and compiled with its backward."""
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 11, 14, 1, 3))
+    counts, indices = _random_lists(1, 1, 3, 4, 0.5, empty_rows=True)
+    assert torch.autograd.gradcheck(lambda q, k, v: op(q, k, v, counts, indices, 4), (q, k, v))
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 21, 30, 2, 4))
+    counts, indices = _random_lists(2, 2, 3, 4, 0.5, empty_rows=True)
+    counts[1, 0, 1] = 0  # a query block keeping nothing: zero output, zero gradient
+    mask = expand_block_mask(lists_to_block_mask(counts, indices), 8, 21, 30)
+    grad = torch.randn(2, 21, 2, 4, dtype=torch.float64)
+    got = torch.autograd.grad(op(q, k, v, counts, indices, 8), (q, k, v), grad)
+    want = torch.autograd.grad(_plain(q, k, v, mask), (q, k, v), grad)
+    for g, w, name in zip(got, want, "qkv"):
+        torch.testing.assert_close(g, w, msg=name)
+    assert torch.all(got[0][1, 8:16, 0] == 0)
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(op, (q32, k32, v32, counts, indices, 8),  # aot: the compile test below
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_torch_compile_with_backward_through_the_op():
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 48, 48, 2, 8, dtype=torch.float32))
+    kw = dict(block_size=16, density=0.5, frame_tokens=16)
+
+    def f(q, k, v):
+        return attention(q * 2, k, v, "dsa", **kw).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    want = torch.autograd.grad(f(q, k, v), (q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 def test_torch_compile_fullgraph_around_the_op():
     q, k, v = _qkv(1, 48, 48, 2, 8, dtype=torch.float32)
     kw = dict(block_size=16, density=0.5, frame_tokens=16)

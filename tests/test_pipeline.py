@@ -199,7 +199,9 @@ def test_edit_video_file(live_tiny_model, make_clip, tmp_path):
     out = VideoReader(tmp_path / "out.mp4")
     assert (out.num_frames, out.width, out.height, out.fps) == (10, 64, 32, 12)
     assert summary["frames"] == 10 and summary["fps"] > 0
-    assert ticks == [(4, 10), (8, 10), (10, 10)]
+    # progress in forwards, the flush counted (issue 49, defect 8): 2 latent frames fed whole, then
+    # the flush: the padded tail's forward and steps - 1 = 1 drain step
+    assert ticks == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_edit_video_interrupt_leaves_no_file(tiny_model, make_clip, tmp_path):

@@ -27,9 +27,9 @@ def test_the_python_snippet_runs_as_pasted(make_clip, tmp_path):
 
 
 def test_every_command_it_names_exists():
-    from streamedit_core.cli import _FORWARDED
+    from streamedit_core.cli import COMMANDS
 
-    commands = {"edit", *_FORWARDED}
+    commands = set(COMMANDS)
     named = set(re.findall(r"python -m streamedit_core \{?([\w,-]+)", README))
     named = {c for group in named for c in group.split(",")}
     assert named and named <= commands, named - commands

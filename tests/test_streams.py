@@ -204,3 +204,114 @@ def test_clear_releases_on_the_thread_that_runs_jobs():
     assert "s" not in reg and released_on == []
     reg.open("t", 0, key=Model(), job=None)  # the worker's next node
     assert released_on == [threading.current_thread().name]
+
+
+# --- bounds (issue 49, defect 3) -------------------------------------------------------------
+class Tensors:
+    """A stream part holding a tensor (as the editor and the STLE caches do)."""
+
+    def __init__(self, device="cpu"):
+        self.x = torch.zeros(3, device=device)
+
+    def state_dict(self):
+        return {"x": self.x.clone()}
+
+    def load_state_dict(self, d):
+        assert d["x"].device == self.x.device, "restored to the part's device"
+        self.x = d["x"]
+
+
+def test_stream_count_is_bounded_least_recently_used_first():
+    reg = StreamRegistry(max_streams=3)
+    for i in range(5):
+        reg.open(f"s{i}", 0, key="m", job=None).part("c", Counter)
+    reg.open("s2", 1, key="m", job=None)  # used again: s3 is now the least recently used
+    reg.open("s5", 0, key="m", job=None)
+    assert len(reg) == 3 and {"s2", "s4", "s5"} == {s for s in ("s0", "s1", "s2", "s3", "s4", "s5") if s in reg}
+    with pytest.raises(ValueError, match="stream 's3' does not exist \\(it has no state: the least recently "
+                                         "used of 3 streams \\(MAX_STREAMS\\) when stream 's5' started\\)"):
+        reg.open("s3", 1, key="m", job=None)
+    assert reg.stats()["streams"] == 3 and reg.stats()["max_streams"] == 3
+
+
+def test_idle_streams_are_dropped_and_the_error_says_why():
+    now = [0.0]
+    reg = StreamRegistry(idle_seconds=60, clock=lambda: now[0])
+    reg.open("old", 0, key="m", job="j1")
+    now[0] = 50.0
+    reg.finish("j1", succeeded=True)  # finishing counts as use
+    now[0] = 100.0
+    reg.open("new", 0, key="m", job=None)
+    assert "old" in reg
+    now[0] = 111.0
+    reg.open("new", 1, key="m", job=None)
+    assert "old" not in reg and "new" in reg
+    with pytest.raises(ValueError, match="no job used it for more than 60 s \\(IDLE_SECONDS\\)"):
+        reg.open("old", 1, key="m", job=None)
+
+
+def test_a_stream_whose_model_is_gone_is_dropped_and_released():
+    """In ComfyUI the model's patcher is the stream's owner: when ComfyUI drops the model (another
+    checkpoint loaded, /free), the stream cannot go on and must not keep the model alive."""
+    import gc
+
+    class Model:
+        pass
+
+    model, released = Model(), []
+    reg = StreamRegistry()
+    stream = reg.open("s", 0, key=None, job=None, owner=model)
+    stream.part("c", Counter)
+    with pytest.raises(ValueError, match="started with another model"):
+        reg.open("s", 1, key=None, job=None, owner=Model())
+    weakref.finalize(model, lambda: released.append(True))
+    del model, stream
+    gc.collect()
+    assert released == [True]  # the registry held it weakly
+    reg.open("t", 0, key=None, job=None)
+    assert "s" not in reg
+    with pytest.raises(ValueError, match="its model was unloaded"):
+        reg.open("s", 1, key=None, job=None, owner=Model())
+
+
+def test_free_while_a_job_runs_does_not_split_its_stream():
+    """/free drops streams; one that the running job has open goes when the job is done, so the
+    job's later nodes get the same stream as its first (before: a new, empty one)."""
+    reg = StreamRegistry()
+    reg.open("s", 0, key="m", job="j1").part("encoder", Counter)
+    reg.finish("j1", succeeded=True)
+    first = reg.open("s", 1, key="m", job="j2")
+    first.part("encoder", Counter).value = 7
+    server = threading.Thread(target=reg.clear)  # POST /free, on ComfyUI's server thread
+    server.start()
+    server.join()
+    second = reg.open("s", 1, key="m", job="j2")  # the job's next node
+    assert second is first and second.parts["encoder"].value == 7
+    reg.finish("j2", succeeded=True)
+    assert "s" not in reg
+    with pytest.raises(ValueError, match="dropped by /free"):
+        reg.open("s", 2, key="m", job="j3")
+
+
+def test_rollback_snapshot_is_kept_in_host_memory():
+    reg = StreamRegistry()
+    reg.open("s", 0, key="m", job=None).part("t", Tensors)
+    stream = reg.open("s", 1, key="m", job="j")
+    stream.parts["t"].x += 1
+    snap = stream.snapshot["t"]["x"]
+    assert snap.tensor.device.type == "cpu" and snap.device == stream.parts["t"].x.device
+    reg.finish("j", succeeded=False)
+    assert torch.equal(stream.parts["t"].x, torch.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rollback_snapshot_of_a_cuda_stream_is_in_host_memory_and_restored_to_cuda():
+    reg = StreamRegistry()
+    reg.open("s", 0, key="m", job=None).part("t", lambda: Tensors("cuda"))
+    stream = reg.open("s", 1, key="m", job="j")
+    stream.parts["t"].x += 1
+    assert stream.snapshot["t"]["x"].tensor.device.type == "cpu"
+    assert reg.stats()["state_bytes"].get("cpu", 0) >= 12
+    reg.finish("j", succeeded=False)
+    assert stream.parts["t"].x.device.type == "cuda" and torch.equal(stream.parts["t"].x.cpu(), torch.zeros(3))

@@ -98,6 +98,24 @@ def test_dit_training_reduces_the_loss_with_the_real_text_encoder(tmp_path, mini
     assert {"loss", "lr", "flow", "temporal", "samples_per_s", "memory_mb", "skipped_rows"} <= set(rows[-1])
 
 
+def test_dit_training_with_dsa_attention_reduces_the_loss(tmp_path):
+    """Issue 49, defect 1: the 2b/10b presets train with attention="dsa", and backward through the
+    DSA op failed at the first step. The tiny preset with DSA (blocks of 16 tokens, half of them
+    kept) from a checkpoint, as a later training stage starts."""
+    from streamedit_core.config import get_preset
+    from streamedit_core.io.checkpoint import save_checkpoint
+    from streamedit_core.model import StreamEditModel
+
+    tiny = get_preset("tiny")
+    config = tiny.replace(dit=dataclasses.replace(tiny.dit, attention="dsa", dsa_block_size=4, dsa_density=0.5))
+    save_checkpoint(StreamEditModel(config), tmp_path / "dsa.safetensors")
+    tr = Trainer(_cfg(tmp_path, init_checkpoint=str(tmp_path / "dsa.safetensors"), steps=20))
+    assert tr.model.config.dit.attention == "dsa"
+    before = _fixed_loss(tr)
+    tr.run()
+    assert _fixed_loss(tr) < 0.9 * before
+
+
 def test_stle_training_reduces_the_loss_and_starts_at_pca(tmp_path):
     from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint
     from streamedit_core.model import StreamEditModel

@@ -60,6 +60,8 @@ class ComfyServer:
         nodes = self.base / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
         link = nodes / PACKAGE_LINK
+        if link.is_symlink() and link.resolve() != REPO.resolve():  # left by a checkout moved or gone
+            link.unlink()
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
         for sub in ("input", "output", "temp", "models/streamedit", "models/text_encoders"):

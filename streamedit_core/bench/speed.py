@@ -37,6 +37,7 @@ import torch
 
 from ..config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
 from ..io.files import write_atomic
+from ..types import resolve_device as _resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,7 @@ PAPER_TABLE_4 = {"fps": 18.0, "latency_ms": 55.0, "memory_gb": 18.0}
 
 
 # --- environment ---------------------------------------------------------------------------
-def resolve_device(name: str | None) -> torch.device:
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
+resolve_device = _resolve_device  # the one device check (types.py), as the CLI and eval use it
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -402,7 +399,7 @@ def bench_stream(config: ModelConfig, *, size: int, frames: int, steps: int, bac
         compile_dit(model, cuda_graphs=cuda_graphs)
     stages = StageTimer(model, device) if breakdown else None
     history = config.sampler.window_max if history is None else history
-    editor = StreamEditor(model, encoder, "make it a watercolor painting", seed=seed, steps=steps,
+    editor = StreamEditor(model, encoder, "make it a pencil sketch", seed=seed, steps=steps,
                           cfg_scale=1.0, window_min=history, window_max=history, attention=backend)
 
     texture = pattern_texture(size, seed)

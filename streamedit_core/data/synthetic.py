@@ -266,6 +266,30 @@ FAMILIES: dict[str, EditFamily] = {f.name: f for f in (
 )}
 
 
+# Wordings that ask for no edit (a vocabulary's "none": the source passes through). Ours, split
+# like the families': train wordings go into a model's vocabulary, validation ones set its
+# out-of-vocabulary threshold, test ones check that unseen wordings find "none" too.
+NO_EDIT_WORDINGS = {
+    "train": ("leave it as it is", "no change", "keep the video unchanged", "don't change anything",
+              "leave the video alone", "no edit please", "keep the original look", "leave every frame untouched",
+              "do not edit it", "keep it the way it is"),
+    "validation": ("leave the footage as it is",),
+    "test": ("do nothing", "leave it unchanged", "make no changes", "keep it exactly the same",
+             "don't edit this video"),
+}
+
+
+# Prompts that ask for what no family does (painting styles, content and motion changes, things
+# that are no video edit at all), written once to measure how many out-of-vocabulary prompts a
+# model's vocabulary flags; never used to choose its threshold (the validation wordings do that).
+FOREIGN_PROMPTS = (
+    "make it a watercolor painting", "turn it into an oil painting", "make it look like a cartoon",
+    "add snow falling", "make the person smile", "replace the sky with a sunset", "make it look like van gogh",
+    "add a cat", "make it cyberpunk", "turn day into night", "make it look like a comic book", "add rain",
+    "make it 3d animated", "zoom in", "remove the background", "make it anime style", "add fire",
+    "speed it up", "translate to french", "make it look like a claymation")
+
+
 # --- Splits ----------------------------------------------------------------------------------
 def _hash01(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64

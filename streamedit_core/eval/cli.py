@@ -12,11 +12,10 @@ import logging
 import os
 from typing import Sequence
 
-import torch
-
 from ..config import PRESETS
 from ..io.checkpoint import load_model
 from ..model.text import TextEnsemble
+from ..types import resolve_device
 from .benchmark import SPLITS
 from .report import write_report
 from .runner import BASELINES, evaluate
@@ -63,7 +62,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     _check_args(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model = load_model(args.checkpoint, preset=args.preset, seed=args.seed, device=device)
     text = TextEnsemble.for_model(model.config, args.text_ensemble)
 

@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import PRESETS, ModelConfig
 from ..model import StreamEditModel
-from .files import publish
+from .files import discard, publish, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ FORMAT_KEY = "streamedit_format"
 
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors limit
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
@@ -79,17 +81,49 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]
     if not isinstance(header, dict):
         raise ValueError(f"{bad}: the header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    end = 0
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{str(path)!r}: the safetensors metadata must be an object of strings, got "
+                         f"{_short(metadata)}")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{str(path)!r}: safetensors metadata {key!r} is {_short(value)} "
+                             f"({type(value).__name__}); metadata values must be strings")
+    spans = []
     for name, info in header.items():
-        try:
-            start, stop = info["data_offsets"]
-            end = max(end, int(stop))
-            _ = info["dtype"], list(info["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{bad}: malformed entry for tensor {name!r}") from e
+        spans.append((*_check_entry(bad, name, info), name))
+    end = 0
+    for start, stop, name in sorted(spans):  # the data: tensor after tensor, no gap, no overlap
+        if start != end:
+            raise ValueError(f"{bad}: tensor {name!r} starts at byte {start} of the data, expected {end} "
+                             "(the header's offsets overlap or leave a gap)")
+        end = stop
     if 8 + n + end != size:
         raise ValueError(f"{bad}: the header describes {8 + n + end} bytes, the file has {size}")
     return metadata, header
+
+
+def _check_entry(bad: str, name: str, info: Any) -> tuple[int, int]:
+    """(start, stop) of a tensor's bytes, checked against its dtype and shape."""
+    try:
+        start, stop = info["data_offsets"]
+        dtype, shape = info["dtype"], list(info["shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{bad}: malformed entry for tensor {name!r}") from e
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (start, stop, *shape)):
+        raise ValueError(f"{bad}: tensor {name!r} has offsets {[start, stop]} and shape {shape}; "
+                         "expected non-negative integers")
+    if dtype not in _DTYPE_BYTES:
+        raise ValueError(f"{bad}: tensor {name!r} has unknown dtype {dtype!r}")
+    need = math.prod(shape) * _DTYPE_BYTES[dtype]
+    if stop - start != need:
+        raise ValueError(f"{bad}: tensor {name!r} ({dtype}, shape {shape}) needs {need} bytes, its offsets "
+                         f"{[start, stop]} span {stop - start}")
+    return start, stop
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _looks_like_pickle(path: Path, head: bytes) -> bool:
@@ -198,13 +232,12 @@ def save_checkpoint(model: StreamEditModel, path: str | os.PathLike,
         seen.add(t.data_ptr())
         tensors[name] = t
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path, suffix=".tmp")
     try:
         save_file(tensors, tmp, metadata=metadata)
         publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(tmp)
         raise
     log.info("saved checkpoint %s (%s, %d tensors)", path, model.config.name, len(tensors))
 
@@ -235,7 +268,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
             for name in expected:
                 t = f.get_tensor(stored[name])
                 state[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    except (OSError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError)
+    except (OSError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"{str(path)!r} is not a valid safetensors file (truncated?): {e}") from e
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

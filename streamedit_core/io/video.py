@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .files import publish
+from ..config import MAX_CHUNK_PIXELS
+from .files import discard, publish, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,26 @@ class VideoReader:
     Every chunk has `chunk_frames` frames except possibly the last. Each iteration opens the file
     anew, so a reader can be iterated more than once; only one chunk is held at a time.
 
-    Attributes: `fps` (`Fraction`, exact), `width`, `height`, `num_frames`. `num_frames` comes
-    from the container's header when it has a frame count (mp4, mov), else it is estimated from
-    the duration and the frame rate (0 if neither is known): use it for progress bars, not as a
-    promise; iteration yields however many frames the file really holds.
+    Attributes: `fps` (`Fraction`, exact), `width`, `height`, `num_frames`, `header_frames`.
+    `num_frames` comes from the container's header when it has a frame count (mp4, mov; then
+    `header_frames` is that count, else None), else it is estimated from the duration and the frame
+    rate (0 if neither is known): use it for progress bars, not as a promise; iteration yields
+    however many frames the file really holds (a truncated file: fewer than its header says).
+
+    `size=(width, height)`: frames are scaled to that size as they are decoded (the decoder's
+    scaler, bilinear), so a large video is never held at its own size; `width`/`height` stay the
+    file's own.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk_frames: int = 16) -> None:
+    def __init__(self, path: str | os.PathLike, chunk_frames: int = 16,
+                 size: tuple[int, int] | None = None) -> None:
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
+        if size is not None and not (len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise ValueError(f"size must be (width, height) in positive ints, got {size!r}")
         self.path = Path(path)
         self.chunk_frames = chunk_frames
+        self.size = None if size is None else tuple(size)
         container = _open_input(self.path)
         try:
             stream = container.streams.video[0]
@@ -96,6 +106,7 @@ class VideoReader:
             container.close()
 
     def _count_frames(self, stream, container) -> int:
+        self.header_frames = int(stream.frames) if stream.frames else None
         if stream.frames:
             return int(stream.frames)
         if stream.duration is not None and stream.time_base is not None:
@@ -116,11 +127,11 @@ class VideoReader:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame + slice threading in the decoder
             buf: list[np.ndarray] = []
+            # scale to the first frame's size in case the stream changes resolution (or to `size`)
+            width, height = self.size or (self.width, self.height)
             try:
                 for frame in container.decode(stream):
-                    # scale to the first frame's size in case the stream changes resolution
-                    buf.append(frame.to_ndarray(format="rgb24", width=self.width,
-                                                height=self.height))  # [H, W, 3] uint8
+                    buf.append(frame.to_ndarray(format="rgb24", width=width, height=height))  # [H, W, 3] uint8
                     if len(buf) == self.chunk_frames:
                         yield _to_float(buf)
                         buf = []
@@ -135,23 +146,38 @@ class VideoReader:
 class ChunkReader:
     """Chunk `chunk_index` of a file, with its decoder left open between calls: when chunks are
     asked for in order (one queued job per chunk), each costs one chunk of decoding, not all
-    those before it. A repeat, a jump back or a changed file (its mtime) decodes from the
-    start again. Holds up to `max_open` files open, the least recently used closed first."""
+    those before it. A repeat, a jump back or a changed file (its inode, size or mtime: a file
+    replaced by another) decodes from the start again. Holds up to `max_open` files open, the
+    least recently used closed first. A chunk holds at most `MAX_CHUNK_PIXELS` frames x height x
+    width (a ValueError naming the limit, before anything is decoded).
+
+    `clear()` closes every decoder from any thread (ComfyUI's /free runs on its server thread):
+    they are handed to `release_cleared()`, which `read` calls on the thread that reads, so a
+    decoder is never closed under a read in progress."""
 
     def __init__(self, max_open: int = 4) -> None:
         self.max_open = max_open
         self._open: dict[tuple[str, int], _Cursor] = {}  # (path, chunk_frames) -> cursor, oldest first
+        self._cleared: list[_Cursor] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
 
     def read(self, path: str | os.PathLike, chunk_index: int, chunk_frames: int) -> tuple[Tensor, Fraction]:
         """(chunk [T, H, W, 3] float, the file's fps); ValueError naming the file past its end."""
+        self.release_cleared()
         path = os.fspath(path)
         key = (path, chunk_frames)
-        cursor = self._open.pop(key, None)
-        if cursor is not None and (cursor.next_index > chunk_index or cursor.mtime != os.stat(path).st_mtime_ns):
+        with self._lock:
+            cursor = self._open.pop(key, None)
+        if cursor is not None and (cursor.next_index > chunk_index or cursor.identity != _identity(path)):
             cursor.close()
             cursor = None
         cursor = cursor or _Cursor(path, chunk_frames)
         try:
+            check_chunk_size(chunk_frames, cursor.reader.height, cursor.reader.width, Path(path).name)
             while True:
                 chunk = next(cursor.chunks)
                 cursor.next_index += 1
@@ -164,26 +190,62 @@ class ChunkReader:
         except BaseException:
             cursor.close()
             raise
-        self._open[key] = cursor
-        while len(self._open) > self.max_open:
-            self._open.pop(next(iter(self._open))).close()
+        with self._lock:
+            self._open[key] = cursor
+            evicted = []
+            while len(self._open) > self.max_open:
+                evicted.append(self._open.pop(next(iter(self._open))))
+        for c in evicted:
+            c.close()
         return chunk, cursor.reader.fps
 
+    def clear(self) -> None:
+        """Close every open decoder, from any thread: released by the next `read` (or by
+        `release_cleared` on the thread that reads)."""
+        with self._lock:
+            self._cleared.extend(self._open.values())
+            self._open.clear()
+
+    def release_cleared(self) -> None:
+        with self._lock:
+            cleared, self._cleared = self._cleared, []
+        for cursor in cleared:
+            cursor.close()
+
     def close(self) -> None:
-        """Close every open file."""
-        while self._open:
-            self._open.popitem()[1].close()
+        """Close every open file (on the thread that reads)."""
+        self.clear()
+        self.release_cleared()
+
+
+def check_chunk_size(frames: int, height: int, width: int, what: str = "a chunk") -> None:
+    """ValueError naming `MAX_CHUNK_PIXELS` when frames x height x width is past it."""
+    if frames * height * width > MAX_CHUNK_PIXELS:
+        most = max(1, MAX_CHUNK_PIXELS // (height * width))
+        raise ValueError(f"{what}: a chunk of {frames} frames of {width} x {height} is "
+                         f"{frames * height * width / 1e6:.0f} megapixels ({frames * height * width * 12 / 2**30:.1f} "
+                         f"GiB as float frames), past the limit of {MAX_CHUNK_PIXELS / 1e6:.0f} megapixels "
+                         f"(MAX_CHUNK_PIXELS: 64 frames of 1920 x 1080); use at most {most // 4 * 4 or most} "
+                         "frames per chunk at this size")
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    """What tells a file from the one that was there before: device, inode, size, mtime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _Cursor:
     def __init__(self, path: str, chunk_frames: int) -> None:
-        self.mtime = os.stat(path).st_mtime_ns
+        self.identity = _identity(path)
         self.reader = VideoReader(path, chunk_frames=chunk_frames)
         self.chunks = iter(self.reader)
         self.next_index = 0
+        self.closed = False
 
     def close(self) -> None:
         self.chunks.close()  # the generator's finally closes the container
+        self.closed = True
 
 
 def _to_float(frames: list[np.ndarray]) -> Tensor:
@@ -209,6 +271,8 @@ class VideoWriter:
         if not folder.is_dir():
             raise FileNotFoundError(f"output directory does not exist: {str(folder)!r} "
                                     f"(for {str(self.path)!r})")
+        if self.path.is_dir():
+            raise ValueError(f"output path {str(self.path)!r} is a directory; give a file name")
         if not self.path.suffix:
             raise ValueError(f"output path {str(self.path)!r} needs a file extension (.mp4, .mkv, "
                              "...) to pick the container format")
@@ -229,9 +293,7 @@ class VideoWriter:
         self._tmp: str | None = None
 
     def __enter__(self) -> "VideoWriter":
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix,
-                                         dir=self.path.parent)
-        os.close(fd)
+        self._tmp = temp_file(self.path)
         try:
             self._container = av.open(self._tmp, mode="w")
             stream = self._container.add_stream(self.codec, rate=self.fps)
@@ -294,8 +356,8 @@ class VideoWriter:
         if self.frames_written == 0:
             self._abort()
             raise ValueError(f"no frames were written to {str(self.path)!r}; nothing saved")
-        publish(self._tmp, self.path)
-        self._tmp = None
+        tmp, self._tmp = self._tmp, None
+        publish(tmp, self.path)  # deletes the temporary file if the rename fails
         log.info("wrote %d frames to %s", self.frames_written, self.path)
 
     def _abort(self) -> None:
@@ -306,12 +368,8 @@ class VideoWriter:
             except Exception as e:  # the write already failed; keep that error, not this one
                 log.debug("closing an aborted video container failed: %s", e)
             self._container = None
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
+        discard(self._tmp)
+        self._tmp = None
 
 
 def _as_fraction(fps: Fraction | float | int) -> Fraction:
@@ -320,4 +378,7 @@ def _as_fraction(fps: Fraction | float | int) -> Fraction:
     if not (fps > 0 and np.isfinite(float(fps))):
         raise ValueError(f"fps must be positive and finite, got {fps!r}")
     # floats such as 29.97 become a small exact ratio (2997/100), ints and Fractions stay exact
-    return Fraction(fps).limit_denominator(100_000)
+    rate = Fraction(fps).limit_denominator(100_000)
+    if rate == 0:  # the container would fall back to 24 fps without a word
+        raise ValueError(f"fps {fps!r} rounds to 0 (frame rates below 1/{100_000} fps cannot be stored)")
+    return rate

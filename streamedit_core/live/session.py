@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..stream.editor import StreamEditor, check_frame_size, read_prompts
+from ..stream.editor import StreamEditor, check_frame_size, read_prompts, unknown_prompts
 from ..stream.schedule import check_prompt
 from .frames import fit_frames, to_rgb, to_uint8
 from .scheduler import GROUP, FrameScheduler, OutputPacer, PacedFrame
@@ -252,6 +252,7 @@ class LiveSession:
         self.stats = LiveStats(clock)
         self.editor: StreamEditor | None = None
         self.read_as: str | None = None  # which known edit the prompt is read as (closed vocabulary)
+        self.warning: str | None = None  # set when the prompt is not an edit the model knows
         self.steps: int | None = None
         self.end_reason: str | None = None
         self.ended = threading.Event()
@@ -326,6 +327,7 @@ class LiveSession:
         received = self.scheduler.received
         out.update({
             "size": self.settings.size, "steps": self.steps, "prompt": self.prompt, "read_as": self.read_as,
+            "warning": self.warning,
             "frames_in": received, "frames_edited": self.pacer.pushed, "frames_dropped": self.scheduler.dropped,
             "dropped_share": round(self.scheduler.dropped / received, 4) if received else 0.0,
             "frames_skipped": self.pacer.skipped,
@@ -349,6 +351,7 @@ class LiveSession:
     def _read_prompt(self) -> None:
         readings = read_prompts(self.model, self.text_encoder, [self.prompt])
         self.read_as = None if readings is None else readings[self.prompt].edit
+        self.warning = next(iter(unknown_prompts(self.model, readings)), None)
 
     def _run(self) -> None:
         reason = "stopped"
@@ -424,7 +427,8 @@ class LiveSession:
             self.editor.set_prompt(cmd["prompt"], transition)
             self.prompt = cmd["prompt"]
             self._read_prompt()
-            return {"prompt": self.prompt, "read_as": self.read_as, "transition": transition}
+            return {"prompt": self.prompt, "read_as": self.read_as,
+            "warning": self.warning, "transition": transition}
         if cmd.get("reset"):
             self.editor.reset()
             self._in_flight.clear()
@@ -455,7 +459,8 @@ class LiveSession:
                 self._new_editor()
             elif prompt is not None and prompt != self.prompt:
                 return self._apply({"prompt": prompt, "transition": transition})
-            return {"reconfigured": rebuild, "prompt": self.prompt, "read_as": self.read_as}
+            return {"reconfigured": rebuild, "prompt": self.prompt, "read_as": self.read_as,
+                    "warning": self.warning}
         raise ValueError(f"unknown command {cmd!r}")
 
     def _fail_commands(self) -> None:

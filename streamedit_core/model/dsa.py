@@ -11,6 +11,13 @@ The kernel runs where `kernel_supports` says so (CUDA sm_80+, bf16, head dim 64 
 64 or 128, CuPy installed), on torch's current stream and without host synchronisation, so it can be
 captured in a CUDA graph; `torch.compile` sees an opaque op with a fake (meta) implementation.
 Everywhere else, or with STREAMEDIT_DSA_KERNEL=0 in the environment, the op runs `reference`.
+
+Training: the op has an autograd formula. Its backward is a second op,
+`torch.ops.streamedit.dsa_attention_backward(grad, q, k, v, kv_counts, kv_indices, block_size)
+-> (dq, dk, dv)`, also opaque to `torch.compile` (with a fake), whose implementation is
+`reference_backward`: the masked-attention backward in torch (it materialises the [B, H, Lq, Lk]
+scores, as `reference` does; a CUDA backward kernel can take its place later). The gradients are
+those of `reference`, whichever implementation ran the forward.
 """
 from __future__ import annotations
 
@@ -75,6 +82,32 @@ def reference(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indices: Te
                                          attn_mask=mask).transpose(1, 2)  # [B, Lq, H, D]; NaN on rows with no key
     has_key = mask.any(-1).transpose(1, 2)[..., None]  # [B, Lq, H, 1]
     return torch.where(has_key, out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
+
+
+def reference_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor,
+                       kv_indices: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of `reference` for the output gradient `grad` [B, Lq, H, D]: the
+    masked softmax-attention backward, computed in float32 (float64 stays float64) and returned
+    in the inputs' dtype. Rows that keep no key had zeros out, so they pass no gradient.
+
+    With P = softmax(S) the attention weights of the kept keys (S = q k^T / sqrt(D), masked):
+    dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dP * P)), dQ = dS K / sqrt(D), dK = dS^T Q / sqrt(D).
+    """
+    Lq, Lk, D = q.shape[1], k.shape[1], q.shape[3]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    mask = expand_block_mask(lists_to_block_mask(kv_counts, kv_indices), block_size, Lq, Lk)  # [B, H, Lq, Lk]
+    qh, kh, vh, go = (x.transpose(1, 2).to(acc) for x in (q, k, v, grad))  # [B, H, L, D]
+    scale = 1.0 / math.sqrt(D)
+    scores = (qh @ kh.transpose(-1, -2)) * scale  # [B, H, Lq, Lk]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    p = torch.where(mask.any(-1, keepdim=True), p, torch.zeros((), dtype=acc, device=p.device))  # no NaN rows
+    dv = p.transpose(-1, -2) @ go  # [B, H, Lk, D]
+    dp = go @ vh.transpose(-1, -2)  # [B, H, Lq, Lk]
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dq = (ds @ kh) * scale  # [B, H, Lq, D]
+    dk = (ds.transpose(-1, -2) @ qh) * scale  # [B, H, Lk, D]
+    return tuple(g.transpose(1, 2).to(x.dtype).contiguous() for g, x in ((dq, q), (dk, k), (dv, v)))
 
 
 # --- the kernel ------------------------------------------------------------------------------
@@ -234,3 +267,34 @@ def dsa_attention_op(q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor, kv_indi
 @dsa_attention_op.register_fake
 def _(q, k, v, kv_counts, kv_indices, block_size):
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
+
+
+@torch.library.custom_op("streamedit::dsa_attention_backward", mutates_args=())
+def dsa_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, kv_counts: Tensor,
+                              kv_indices: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    check_inputs(q, k, v, kv_counts, kv_indices, block_size)
+    if grad.shape != q.shape[:3] + v.shape[3:]:
+        raise ValueError(f"dsa_attention_backward: grad {tuple(grad.shape)} does not match the output "
+                         f"{tuple(q.shape[:3] + v.shape[3:])}")
+    return reference_backward(grad, q, k, v, kv_counts, kv_indices, block_size)
+
+
+@dsa_attention_backward_op.register_fake
+def _(grad, q, k, v, kv_counts, kv_indices, block_size):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_backward(ctx, inputs, output) -> None:
+    q, k, v, kv_counts, kv_indices, block_size = inputs
+    ctx.save_for_backward(q, k, v, kv_counts, kv_indices)
+    ctx.block_size = block_size
+
+
+def _backward(ctx, grad):
+    q, k, v, kv_counts, kv_indices = ctx.saved_tensors
+    dq, dk, dv = torch.ops.streamedit.dsa_attention_backward(grad.contiguous(), q, k, v, kv_counts,
+                                                             kv_indices, ctx.block_size)
+    return dq, dk, dv, None, None, None  # the block lists and block_size take no gradient
+
+
+dsa_attention_op.register_autograd(_backward, setup_context=_setup_backward)

@@ -89,14 +89,20 @@ class StreamEditModel(nn.Module):
         return torch.cat([F.layer_norm(x, x.shape[-1:]) for x in parts], -1)
 
     @torch.no_grad()
-    def read_prompt(self, text: TextEmbedding, runners_up: int = 2) -> list[Reading] | None:
+    def read_prompt(self, text: TextEmbedding, wording_vectors: Tensor | None = None,
+                    runners_up: int = 2) -> list[Reading] | None:
         """Which edit of the model's vocabulary each of the B prompts of `text` is read as, how far
-        it is from it, and the `runners_up` next nearest (`Vocabulary.read`); None for a model
-        without a vocabulary, which reads every prompt as it is. One host sync: call it once per
-        prompt, not per chunk."""
+        it is from it, the `runners_up` next nearest, and, given the wordings' sentence vectors
+        (`vocabulary.wording_vectors(text_encoder)`), how well it is known (`Vocabulary.read`);
+        None for a model without a vocabulary, which reads every prompt as it is. One host
+        sync: call it once per prompt, not per chunk."""
         if self.vocabulary is None:
             return None
-        return self.vocabulary.read(self.refiner_prompt(text), runners_up)
+        sentence = None
+        if wording_vectors is not None:  # the sentence member's vectors, as TextEnsemble.sentence_vectors
+            member = [m.kind for m in self.config.dit.text_members].index("sentence")
+            sentence = F.normalize(text.token_means()[member].float(), dim=-1)  # [B, d]
+        return self.vocabulary.read(self.refiner_prompt(text), sentence, wording_vectors, runners_up)
 
     @property
     def device(self) -> torch.device:

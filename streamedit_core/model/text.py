@@ -128,6 +128,9 @@ def read_manifest(folder: str | Path) -> tuple[str, tuple[MemberSpec, ...]]:
         raise ValueError(f"text ensemble folder {str(folder)!r} has no {MANIFEST_NAME}; {expected}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                         f"{e.start}); save it as UTF-8 JSON") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or set(data) != {"name", "members"}:
@@ -239,11 +242,27 @@ class TextMember:
         cls = {"t5": T5EncoderModel, "byt5": T5EncoderModel, "clip": CLIPTextModel,
                "sentence": AutoModel}[self.spec.kind]
         logger.info("loading %s from %s", self._where(), self.folder)
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar on stderr, for every prompt's first use
         try:
             model, info = cls.from_pretrained(self.folder, local_files_only=True, dtype=self.dtype,
                                               output_loading_info=True)
-        except (OSError, RuntimeError) as e:  # truncated file, shapes that disagree with config.json
-            raise ValueError(f"{self._where()}: could not load the weights: {e}") from e
+        except Exception as e:
+            pickled = not any((self.folder / n).is_file() for n in _WEIGHT_FILES[:2])
+            if pickled:  # pytorch_model.bin: torch.load (weights only) fails on a bad file in many ways
+                raise ValueError(f"{self._where()}: could not read the weights in pytorch_model.bin: it is "
+                                 "not a PyTorch weights file that can be loaded safely (truncated, corrupt, or "
+                                 "holding objects besides tensors; StreamEdit never unpickles those). Save the "
+                                 "encoder with save_pretrained(..., safe_serialization=True) to get a "
+                                 f"model.safetensors ({type(e).__name__}: {_first_line(e)})") from e
+            if isinstance(e, (OSError, RuntimeError)):  # truncated file, shapes that disagree with config.json
+                raise ValueError(f"{self._where()}: could not load the weights: {e}") from e
+            raise
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         # Missing weights would silently be random: refuse. (Unexpected keys are fine: a full
         # CLIP folder also holds the vision tower.)
         if info["missing_keys"]:
@@ -429,6 +448,11 @@ class TextEnsemble:
         """
         for m in self.members:
             m.offload(free)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else "no message"
 
 
 def _describe(members: Sequence[TextMemberConfig]) -> str:

@@ -1,16 +1,21 @@
 """A closed vocabulary of edits: the edits a model knows, and which of them a prompt is read as.
 
 A model with a vocabulary (`VocabularyConfig`, `ModelConfig.vocabulary`; of the shipped models
-only the demo model has one) reads every prompt as the nearest of a fixed set of edits: its
-refiner gets that edit's anchor, one vector per edit, instead of the prompt's own view.
-The config declares the edits' names, a few of their training wordings and how a prompt is
-matched (`view`: the refiner's view, `StreamEditModel.refiner_prompt`; `distance`: Euclidean
-after layer norm, which is what the refiner's input goes through); this module holds the
-anchors and says what each prompt was read as (`Reading`), so that a user can see it.
-The anchors are built from training wordings by `train.refine.with_vocabulary`.
+only the demo model has one) reads every prompt as one of a fixed set of edits. Two matches:
+- the edit: the refiner's view of the prompt (`StreamEditModel.refiner_prompt`) nearest to one
+  anchor per edit (Euclidean after layer norm, what the refiner's input goes through); the
+  refiner gets that anchor instead of the prompt's own view;
+- how well the prompt is known: its sentence vector (the text ensemble's `sentence` member, mean
+  over tokens) against the sentence vectors of the edits' training wordings, both centred on the
+  wordings' mean (the instruction frame they share says nothing about the edit): the cosine to
+  the nearest wording. Below `threshold` (chosen on validation wordings when the vocabulary is
+  built) the prompt is out of vocabulary; nearest a wording of "none", it asks for no edit, and
+  the editor passes the source through.
+`Reading` says all of it, so that a user can see it. Built by `train.refine.with_vocabulary`.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -25,16 +30,27 @@ NO_EDIT = "none"
 
 @dataclass(frozen=True)
 class Reading:
-    """How a model read one prompt: as `edit`, at `distance` from its anchor, and how far the next
-    nearest edits were (`runners_up`, nearest first). Distances are Euclidean between layer-normed
-    vectors of D values: 0 is the anchor's own direction, sqrt(2 D) an uncorrelated one."""
+    """How a model read one prompt: as `edit` (what it will do), at `distance` from the anchor
+    its refiner takes, the next nearest anchors (`runners_up`), and, where the vocabulary has
+    wordings, the `similarity` to the nearest training `wording` and whether that is enough to
+    count as `known` (out-of-vocabulary prompts still get the nearest edit). Distances are
+    Euclidean between layer-normed vectors of D values: 0 is the anchor's own direction."""
     edit: str
     distance: float
     runners_up: tuple[tuple[str, float], ...] = ()
+    similarity: float | None = None
+    wording: str | None = None
+    known: bool = True
 
     def __str__(self) -> str:  # "sepia (distance 4.12; next: warm 6.30, grayscale 7.02)"
+        if self.edit == NO_EDIT:
+            return f"{NO_EDIT}: no edit, the source passes through" + (f" (like {self.wording!r})" if self.wording else "")
         after = ", ".join(f"{e} {d:.2f}" for e, d in self.runners_up)
-        return f"{self.edit} (distance {self.distance:.2f}" + (f"; next: {after})" if after else ")")
+        text = f"{self.edit} (distance {self.distance:.2f}" + (f"; next: {after})" if after else ")")
+        if self.similarity is not None and not self.known:
+            text += (f" - NOT a known edit: the nearest training wording, {self.wording!r}, is only "
+                     f"{self.similarity:.2f} similar")
+        return text
 
 
 class Vocabulary(nn.Module):
@@ -47,6 +63,21 @@ class Vocabulary(nn.Module):
             raise ValueError("a Vocabulary needs one or more edits (VocabularyConfig.edits is empty)")
         self.cfg = cfg
         self.register_buffer("anchors", torch.zeros(len(cfg.edits), dim, device=device, dtype=dtype))
+        # Every wording in config order, and the edit each belongs to.
+        self.wording_list = tuple(w for ws in cfg.wordings for w in ws)
+        self.wording_edit = tuple(e for e, ws in zip(cfg.edits, cfg.wordings) for _ in ws)
+        # Their sentence vectors [W, d] per text encoder: encoded once, on first use (storing them
+        # would push the shipped model past its size limit).
+        self._vectors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def wording_vectors(self, text_encoder) -> Tensor | None:
+        """The wordings' sentence vectors [W, d] float32 by `text_encoder`'s sentence member
+        (None without wordings); cached per encoder."""
+        if not self.wording_list:
+            return None
+        if text_encoder not in self._vectors:
+            self._vectors[text_encoder] = text_encoder.sentence_vectors(list(self.wording_list)).float()
+        return self._vectors[text_encoder]
 
     @property
     def edits(self) -> tuple[str, ...]:
@@ -76,15 +107,34 @@ class Vocabulary(nn.Module):
         refiner reads instead of the prompt's own view. On the device, with no host sync."""
         return self.anchors[self.nearest(view)].to(view.dtype)
 
-    def read(self, view: Tensor, runners_up: int = 2) -> list[Reading]:
-        """Views [N, D] -> N readings: the nearest edit (the one `snap` takes), its distance, and
-        the next `runners_up` edits with theirs."""
+    @staticmethod
+    def similarities(sentence: Tensor, wording_vectors: Tensor) -> Tensor:
+        """Sentence vectors [N, d] and the wordings' [W, d] -> float32 [N, W]: the cosine of each
+        to each, centred on the wordings' mean (the instruction frame they share cancels out)."""
+        mean = wording_vectors.float().mean(0)
+        unit = lambda x: F.normalize(x.float() - mean, dim=-1)  # noqa: E731
+        return unit(sentence.to(mean.device)) @ unit(wording_vectors).T
+
+    def read(self, view: Tensor, sentence: Tensor | None = None, wording_vectors: Tensor | None = None,
+             runners_up: int = 2) -> list[Reading]:
+        """Views [N, D] (and, to match the wordings, the prompts' sentence vectors [N, d] and
+        `wording_vectors(text_encoder)`) -> N readings: the nearest edit (the one `snap` takes),
+        its distance, the next `runners_up` edits with theirs, and the nearest wording's
+        similarity; a known prompt whose nearest wording is one of "none" is read as none."""
         if runners_up < 0:
             raise ValueError(f"runners_up must be >= 0, got {runners_up}")
         dist, order = self.distances(view).sort(dim=-1, stable=True)  # [N, E] each, nearest first
         k = min(runners_up + 1, len(self.edits))
+        matched = (self.similarities(sentence, wording_vectors).max(-1)
+                   if sentence is not None and wording_vectors is not None else None)
         readings = []
-        for d, i in zip(dist[:, :k].tolist(), order[:, :k].tolist()):
+        for n, (d, i) in enumerate(zip(dist[:, :k].tolist(), order[:, :k].tolist())):
             named = [(self.edits[j], dj) for j, dj in zip(i, d)]
-            readings.append(Reading(named[0][0], named[0][1], tuple(named[1:])))
+            reading = Reading(named[0][0], named[0][1], tuple(named[1:]))
+            if matched is not None:
+                similarity, w = float(matched.values[n]), int(matched.indices[n])
+                known = similarity >= self.cfg.threshold
+                edit = NO_EDIT if known and self.wording_edit[w] == NO_EDIT else reading.edit
+                reading = Reading(edit, reading.distance, reading.runners_up, similarity, self.wording_list[w], known)
+            readings.append(reading)
         return readings

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..model.vocabulary import Reading
+from ..config import MAX_FRAME_PIXELS, ModelConfig
+from ..model.vocabulary import NO_EDIT, Reading
 from ..types import TextEmbedding
 from .sampler import StreamSampler
 from .schedule import PromptSchedule, check_prompt
@@ -35,8 +35,14 @@ _STATE_VERSION = 2
 # --- input checks (the one place user input to the editor is validated) -----------------
 def check_frame_size(config: ModelConfig, height: int, width: int) -> None:
     """ValueError naming the size and the nearest valid sizes when H or W is not a multiple of
-    the model's spatial stride (the STLE's 8x; the DiT pads its token grid itself)."""
+    the model's spatial stride (the STLE's 8x; the DiT pads its token grid itself), or naming the
+    limit when H x W is past `MAX_FRAME_PIXELS` (1920 x 1080)."""
     m = config.spatial_stride
+    if height * width > MAX_FRAME_PIXELS:
+        raise ValueError(f"frame size (height x width) {height} x {width} ({height * width / 1e6:.1f} megapixels) "
+                         f"is past the limit of {MAX_FRAME_PIXELS / 1e6:.2f} megapixels (MAX_FRAME_PIXELS: "
+                         "1920 x 1080); edit it at a smaller working size (the CLI's --size, the Edit Video "
+                         "node's size) or scale the video down first")
     if height % m == 0 and width % m == 0 and height > 0 and width > 0:
         return
 
@@ -97,16 +103,21 @@ def read_prompts(model, text_encoder, prompts: Sequence[str]) -> dict[str, Readi
     """Which edit of the model's closed vocabulary each prompt is read as
     (`StreamEditModel.read_prompt`); None for a model without one, which reads every prompt as
     it is. Each prompt is encoded alone (as the editor encodes it), one host sync each."""
-    if getattr(model, "vocabulary", None) is None:
+    vocabulary = getattr(model, "vocabulary", None)
+    if vocabulary is None:
         return None
-    return {p: model.read_prompt(text_encoder.encode([check_prompt(p)]))[0] for p in prompts}
+    vectors = vocabulary.wording_vectors(text_encoder)
+    return {p: model.read_prompt(text_encoder.encode([check_prompt(p)]), vectors)[0] for p in prompts}
 
 
-def describe_prompts(model, text_encoder, prompts: Sequence[str]) -> list[str]:
-    """One line per prompt saying which edit it is read as (`read_prompts`), for the CLI, the
-    nodes and logs; no lines for a model without a vocabulary."""
-    readings = read_prompts(model, text_encoder, prompts) or {}
-    return [f"{p!r} is read as {r}" for p, r in readings.items()]
+def unknown_prompts(model, readings: dict[str, Reading] | None) -> list[str]:
+    """One message per prompt that the model's vocabulary does not know (`Reading.known` false),
+    naming the edit it will be read as and the edits it knows; [] for a model without one."""
+    if not readings:
+        return []
+    edits = ", ".join(e for e in model.vocabulary.edits if e != NO_EDIT)
+    return [f"{p!r} is not an edit this model knows; it will be edited as the nearest, {r.edit}. "
+            f"It knows: {edits}, and no edit ('leave it as it is')" for p, r in readings.items() if not r.known]
 
 
 def _clone(obj: Any) -> Any:
@@ -151,6 +162,7 @@ class StreamEditor:
         self.device = model.device
         self._tstride = model.config.temporal_stride  # video frames per latent frame (4)
         self._texts: dict[str, TextEmbedding] = {}  # prompt -> embedding on the device
+        self._no_edit: dict[str, bool] = {}  # prompt -> read as "no edit" by the model's vocabulary
         self._null: TextEmbedding | None = None
         self._enc_cache = model.stle.new_cache()
         self._dec_cache = model.stle.new_cache()
@@ -207,16 +219,22 @@ class StreamEditor:
             self._pending = x[n_full:].clone()
             return self._emit(outs)
 
-    def flush(self) -> Tensor:
+    def flush(self, progress: Callable[[], None] | None = None) -> Tensor:
         """End the stream: process the tail (padded by repeating the last frame), drain the frames
-        in flight, return the rest of the output trimmed to the frames fed, then `reset()`."""
+        in flight, return the rest of the output trimmed to the frames fed, then `reset()`.
+        `progress()` is called after each forward (the tail's, then one per drain step: steps - 1
+        once a frame is in flight) and may raise to interrupt (the stream is then left half-flushed)."""
         with torch.inference_mode():
             outs = []
             if self._pending.shape[0]:
                 outs.append(self._process(pad_tail(self._pending, self._tstride)))
                 self._pending = self._pending[:0]
+                if progress is not None:
+                    progress()
             while self._state.n_inflight:
                 outs.append(self._decode(self.sampler.drain(self._state, *self._texts_for_step())))
+                if progress is not None:
+                    progress()
             out = self._emit(outs)
         self.reset()
         return out
@@ -369,15 +387,21 @@ class StreamEditor:
                 raise ValueError(f"text encoder gives token states {dims} (tokens, dim) per member, "
                                  f"the model expects {[(m.max_tokens, m.dim) for m in members]}; "
                                  "use the text ensemble the model was trained with")
+            # A model with a closed vocabulary passes the source through for a prompt it reads as
+            # "no edit" (one host sync, once per prompt).
+            readings = read_prompts(self.model, self.text_encoder, [prompt])
+            self._no_edit[prompt] = readings is not None and readings[prompt].edit == NO_EDIT
             emb = emb.to(self.device, self.model.dtype)
             # Keep only the prompts in use: a long session of prompt switches stays bounded.
             in_use = {self._prompt, self._target, *keep, *(self._schedule.prompts if self._schedule else ())}
             self._texts = {p: e for p, e in self._texts.items() if p in in_use}
+            self._no_edit = {p: e for p, e in self._no_edit.items() if p in in_use or p == prompt}
             self._texts[prompt] = emb
         return emb
 
-    def _texts_for_step(self) -> tuple[TextEmbedding, TextEmbedding | None]:
-        """(text, null_text) for the next forward; advances a running prompt transition."""
+    def _texts_for_step(self) -> tuple[TextEmbedding, TextEmbedding | None, float]:
+        """(text, null_text, identity) for the next forward (identity: how much of it is "no
+        edit", `StreamSampler.step`); advances a running prompt transition."""
         self._forwards += 1
         null = None
         if self.sampler_config.cfg_scale != 1.0:
@@ -387,9 +411,11 @@ class StreamEditor:
         if self._target is not None:
             w = (self._forwards - self._switch_start) / self._switch_len
             if w < 1.0:
-                return self._embed(self._prompt).blend(self._embed(self._target), w), null
+                text = self._embed(self._prompt).blend(self._embed(self._target), w)
+                identity = (1 - w) * self._no_edit[self._prompt] + w * self._no_edit[self._target]
+                return text, null, identity
             self._prompt, self._target = self._target, None
-        return self._embed(self._prompt), null
+        return self._embed(self._prompt), null, float(self._no_edit[self._prompt])
 
     def _process(self, frames: Tensor) -> Tensor | None:
         """frames [4, H, W, 3] -> edited frames [4, H, W, 3], or None during warm-up."""

@@ -11,12 +11,21 @@ snapshots it, `finish(job, succeeded)` commits (the next chunk is due) or rolls 
 snapshot (a failed or interrupted job leaves the stream as it was, so the same chunk can be
 queued again). A job that (re)starts a stream and fails puts the stream it replaced back.
 Thread-safe; no ComfyUI import (the nodes call `finish` when ComfyUI reports a job done).
+
+Bounded: at most `max_streams` streams (MAX_STREAMS); a stream no job has touched for
+`idle_seconds` (IDLE_SECONDS) is dropped, and so is a stream whose owner (the model it runs with,
+weakly referenced) is gone; starting a stream past the count drops the least recently used one.
+The rollback snapshot is kept in host memory, not on the accelerator. A chunk k > 0 of a
+dropped stream is an error that says why it was dropped.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import threading
+import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,17 +37,22 @@ from .schedule import PromptSchedule
 
 log = logging.getLogger(__name__)
 
+MAX_STREAMS = 16  # streams kept at most; starting one more drops the least recently used idle one
+IDLE_SECONDS = 3600.0  # a stream no job has touched for this long is dropped (at the next job)
+_REMEMBERED = 1024  # dropped stream ids whose reason a later chunk's error can still name
 
-def check_chunk_order(stream_id: str, chunk_index: int, next_chunk: int | None) -> None:
+
+def check_chunk_order(stream_id: str, chunk_index: int, next_chunk: int | None,
+                      why: str | None = None) -> None:
     """The chunk order of a stream across jobs: chunk_index 0 (re)starts it; any other index
-    must be the stream's `next_chunk` (None: the stream does not exist). ValueError naming the
-    stream, the index and the expected one otherwise."""
+    must be the stream's `next_chunk` (None: the stream does not exist; `why`: what dropped it,
+    if known). ValueError naming the stream, the index and the expected one otherwise."""
     if chunk_index == 0:
         return
     if next_chunk is None:
-        raise ValueError(f"stream {stream_id!r} does not exist (it has no state: never started, "
-                         f"reset, or dropped by /free); got chunk_index {chunk_index}, expected 0: "
-                         "queue chunk_index 0 to start it")
+        why = why or "never started, reset, or dropped by /free or a server restart"
+        raise ValueError(f"stream {stream_id!r} does not exist (it has no state: {why}); got chunk_index "
+                         f"{chunk_index}, expected 0: queue chunk_index 0 to start it")
     if chunk_index != next_chunk:
         what = "repeats a chunk" if chunk_index < next_chunk else "skips chunks"
         raise ValueError(f"stream {stream_id!r}: got chunk_index {chunk_index}, expected {next_chunk} "
@@ -73,8 +87,11 @@ class Stream:
     next_chunk: int = 0  # the chunk_index the next job must bring
     chunk: int = 0  # the chunk_index of the job that has it open
     job: Any = None  # that job, until it finishes
-    snapshot: dict | None = None  # the parts before that job (None: the job started the stream)
+    snapshot: dict | None = None  # the parts before that job, in host memory (None: the job started it)
     previous: "Stream | None" = None  # the stream a chunk-0 job replaced, until it finishes
+    owner: "weakref.ref | None" = None  # what the stream runs with (a model); gone = the stream is dropped
+    last_used: float = 0.0  # when a job last opened or finished it (the registry's clock)
+    dropped: str | None = None  # why it goes when its running job finishes (/free during the job)
 
     def part(self, name: str, create: Callable[[], Any]) -> Any:
         """The part `name`, made by `create()` when the stream starts (chunk 0)."""
@@ -93,13 +110,68 @@ class Stream:
             if name in state:
                 part.load_state_dict(state[name])
 
+    def owner_gone(self) -> bool:
+        return self.owner is not None and self.owner() is None
+
+
+@dataclass(frozen=True)
+class _OnDevice:
+    """A tensor of a snapshot, copied to host memory, and the device it goes back to."""
+    tensor: Tensor
+    device: torch.device
+
+
+def _offload(obj: Any) -> Any:
+    """A state dict with every tensor copied to host memory (rollback snapshots stay off the
+    accelerator; `_restore` puts them back where they were)."""
+    if isinstance(obj, Tensor):
+        return _OnDevice(obj.detach().to("cpu", copy=True), obj.device)
+    if isinstance(obj, dict):
+        return {k: _offload(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_offload(v) for v in obj)
+    return obj
+
+
+def _restore(obj: Any) -> Any:
+    if isinstance(obj, _OnDevice):
+        return obj.tensor.to(obj.device)
+    if isinstance(obj, dict):
+        return {k: _restore(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_restore(v) for v in obj)
+    return obj
+
+
+def _tensor_bytes(obj: Any, out: dict[str, int]) -> dict[str, int]:
+    """Bytes of the tensors in a (nested) state, per device."""
+    if isinstance(obj, Tensor):
+        out[str(obj.device)] = out.get(str(obj.device), 0) + obj.numel() * obj.element_size()
+    elif isinstance(obj, _OnDevice):
+        _tensor_bytes(obj.tensor, out)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _tensor_bytes(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _tensor_bytes(v, out)
+    return out
+
 
 class StreamRegistry:
-    """stream_id -> Stream; one per process (`REGISTRY`)."""
+    """stream_id -> Stream; one per process (`REGISTRY`). Holds at most `max_streams` streams and
+    drops a stream idle for `idle_seconds` (see the module docstring); `clock` is for tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = MAX_STREAMS, idle_seconds: float = IDLE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+            raise ValueError(f"max_streams must be an int >= 1, got {max_streams!r}")
+        if not idle_seconds > 0:
+            raise ValueError(f"idle_seconds must be > 0, got {idle_seconds!r}")
+        self.max_streams, self.idle_seconds, self._clock = max_streams, float(idle_seconds), clock
         self._streams: dict[str, Stream] = {}
-        self._cleared: list[dict[str, Stream]] = []  # dropped by clear(), not yet released
+        self._cleared: list[Any] = []  # dropped streams (or clear()'s whole dicts), not yet released
+        self._gone: OrderedDict[str, str] = OrderedDict()  # stream_id -> why it was dropped (the last few)
         # One lock around a whole job step: jobs share one model on one device, so running them
         # one at a time costs nothing, and a stream is never seen half-updated.
         self._lock = threading.RLock()
@@ -119,41 +191,53 @@ class StreamRegistry:
             s = self._streams.get(stream_id)
             return 0 if s is None else s.next_chunk
 
-    def open(self, stream_id: str, chunk_index: int, *, key: Any, job: Any) -> Stream:
+    def open(self, stream_id: str, chunk_index: int, *, key: Any, job: Any, owner: Any = None) -> Stream:
         """The stream that `job` works on for `chunk_index`, checked against the chunk order;
         the first open in a job snapshots it (or, at chunk 0, starts a new one). `key`: what the
         stream runs with; a later chunk with another key is an error (restart at chunk 0).
-        job None (outside any job): nothing to roll back to, the chunk is committed at once."""
+        `owner`: an object the stream lives no longer than (the model it runs with, held weakly:
+        when it is gone the stream is dropped); a later chunk with another owner is an error too.
+        job None (outside any job): nothing to roll back to, the chunk is committed at once.
+        Opening first drops idle and orphaned streams, and starting a stream past `max_streams`
+        drops the least recently used one."""
         _check_ids(stream_id, chunk_index)
-        self.release_cleared()
-        with self._lock:
-            stream = self._streams.get(stream_id)
-            if stream is not None and stream.job is not None and stream.job != job:
-                # The hook that reports finished jobs did not run for it: it returned from every
-                # node, so count it as done.
-                log.warning("stream %r: job %r was never reported finished; committing it",
-                            stream_id, stream.job)
-                self._settle(stream, succeeded=True)
+        try:
+            with self._lock:
+                self._sweep()
                 stream = self._streams.get(stream_id)
-            if stream is not None and job is not None and stream.job == job:
-                if chunk_index != stream.chunk:
-                    raise ValueError(f"stream {stream_id!r}: nodes of one job disagree on chunk_index "
-                                     f"({stream.chunk} and {chunk_index}); give them the same value")
-            elif chunk_index == 0:
-                stream = Stream(stream_id, key, job=job, previous=stream)
-                self._streams[stream_id] = stream
-            else:
-                check_chunk_order(stream_id, chunk_index, None if stream is None else stream.next_chunk)
-                self._check_key(stream, key)
-                stream.job, stream.chunk, stream.snapshot = job, chunk_index, stream.state_dict()
-            self._check_key(stream, key)
-            if job is None:
-                self._settle(stream, succeeded=True)
-            return stream
+                if stream is not None and stream.job is not None and stream.job != job:
+                    # The hook that reports finished jobs did not run for it: it returned from every
+                    # node, so count it as done.
+                    log.warning("stream %r: job %r was never reported finished; committing it",
+                                stream_id, stream.job)
+                    self._settle(stream, succeeded=True)
+                    stream = self._streams.get(stream_id)
+                if stream is not None and job is not None and stream.job == job:
+                    if chunk_index != stream.chunk:
+                        raise ValueError(f"stream {stream_id!r}: nodes of one job disagree on chunk_index "
+                                         f"({stream.chunk} and {chunk_index}); give them the same value")
+                elif chunk_index == 0:
+                    self._make_room(stream_id)
+                    stream = Stream(stream_id, key, job=job, previous=stream,
+                                    owner=None if owner is None else weakref.ref(owner))
+                    self._streams[stream_id] = stream
+                    self._gone.pop(stream_id, None)
+                else:
+                    check_chunk_order(stream_id, chunk_index, None if stream is None else stream.next_chunk,
+                                      self._gone.get(stream_id))
+                    self._check_key(stream, key, owner)
+                    stream.job, stream.chunk, stream.snapshot = job, chunk_index, _offload(stream.state_dict())
+                self._check_key(stream, key, owner)
+                stream.last_used = self._clock()
+                if job is None:
+                    self._settle(stream, succeeded=True)
+                return stream
+        finally:
+            self.release_cleared()
 
     @staticmethod
-    def _check_key(stream: Stream, key: Any) -> None:
-        if stream.key != key:
+    def _check_key(stream: Stream, key: Any, owner: Any) -> None:
+        if stream.key != key or (stream.owner is not None and stream.owner() is not owner):
             raise ValueError(f"stream {stream.stream_id!r} was started with another model, text encoder, "
                              "seed or sampler settings; restart it with chunk_index 0 to change them")
 
@@ -162,6 +246,8 @@ class StreamRegistry:
         with self._lock:
             for stream in [s for s in self._streams.values() if s.job == job]:
                 self._settle(stream, succeeded)
+                stream.last_used = self._clock()
+            self._sweep()
         self.release_cleared()
 
     def _settle(self, stream: Stream, succeeded: bool) -> None:
@@ -173,8 +259,59 @@ class StreamRegistry:
             else:
                 self._streams[stream.stream_id] = stream.previous
         else:
-            stream.load_state_dict(stream.snapshot)
+            stream.load_state_dict(_restore(stream.snapshot))
         stream.job = stream.snapshot = stream.previous = None
+        if stream.dropped is not None and self._streams.get(stream.stream_id) is not None:
+            self._drop(stream.stream_id, stream.dropped)  # /free came while the job ran
+
+    # -- bounds --
+
+    def _drop(self, stream_id: str, why: str) -> None:
+        """Remove a stream (under the lock); released by `release_cleared`, outside it."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._cleared.append(stream)
+        self._gone[stream_id] = why
+        self._gone.move_to_end(stream_id)
+        while len(self._gone) > _REMEMBERED:
+            self._gone.popitem(last=False)
+        log.info("stream %r dropped: %s", stream_id, why)
+
+    def _sweep(self) -> None:
+        """Drop the streams no running job holds whose owner is gone or that sat idle too long."""
+        now = self._clock()
+        for stream in list(self._streams.values()):
+            if stream.job is not None:
+                continue
+            if stream.owner_gone():
+                self._drop(stream.stream_id, "its model was unloaded (ComfyUI dropped it, or another "
+                                              "model was loaded in its place)")
+            elif now - stream.last_used > self.idle_seconds:
+                self._drop(stream.stream_id, f"no job used it for more than {self.idle_seconds:g} s "
+                                              "(IDLE_SECONDS)")
+
+    def _make_room(self, starting: str) -> None:
+        """Before a stream starts: drop the least recently used idle streams down to max_streams - 1."""
+        others = [s for s in self._streams.values() if s.stream_id != starting]
+        idle = sorted((s for s in others if s.job is None), key=lambda s: s.last_used)
+        while len(others) >= self.max_streams and idle:
+            victim = idle.pop(0)
+            others.remove(victim)
+            self._drop(victim.stream_id, f"the least recently used of {self.max_streams} streams "
+                                          f"(MAX_STREAMS) when stream {starting!r} started")
+
+    def stats(self) -> dict[str, Any]:
+        """How many streams are held, their bounds, and the bytes of their state per device
+        (made by copying each stream's state: for diagnostics, not for the per-job path)."""
+        with self._lock:
+            bytes_per_device: dict[str, int] = {}
+            for stream in self._streams.values():
+                _tensor_bytes(stream.state_dict(), bytes_per_device)
+                _tensor_bytes(stream.snapshot, bytes_per_device)
+            return {"streams": len(self._streams), "in_jobs": sum(s.job is not None for s in self._streams.values()),
+                    "max_streams": self.max_streams, "idle_seconds": self.idle_seconds,
+                    "state_bytes": bytes_per_device}
 
     def feed_chunk(self, stream_id: str, chunk_index: int, frames: Any, *, model, text_encoder,
                    prompt: str | PromptSchedule, seed: int = 0, steps: int | None = None,
@@ -193,10 +330,10 @@ class StreamRegistry:
         frames = to_frames(frames)
         schedule = prompt if isinstance(prompt, PromptSchedule) else PromptSchedule.single(prompt, transition_frames)
         settings = dict(seed=seed, steps=steps, cfg_scale=cfg_scale, window_min=window_min, window_max=window_max)
-        key = (id(model), id(text_encoder), *settings.values())
+        key = (id(text_encoder), *settings.values())
         job = ("feed_chunk", next(self._tokens))
         with self._lock:
-            stream = self.open(stream_id, chunk_index, key=key, job=job)
+            stream = self.open(stream_id, chunk_index, key=key, job=job, owner=model)
             try:
                 editor = stream.part("editor", lambda: StreamEditor(model, text_encoder, schedule, **settings))
                 editor.set_schedule(schedule)
@@ -208,29 +345,36 @@ class StreamRegistry:
                 raise
             self.finish(job, succeeded=True)
             if final:
-                self.drop(stream_id)
+                self.drop(stream_id, "ended by its final chunk")
             return out
 
-    def drop(self, stream_id: str) -> bool:
+    def drop(self, stream_id: str, why: str = "reset (Reset Stream, or a final chunk)") -> bool:
         """Drop a stream; True if it existed."""
-        self.release_cleared()
         with self._lock:
-            return self._streams.pop(stream_id, None) is not None
+            existed = stream_id in self._streams
+            self._drop(stream_id, why)
+        self.release_cleared()
+        return existed
 
-    def clear(self) -> None:
+    def clear(self, why: str = "dropped by /free") -> None:
         """Drop every stream; callable from any thread (ComfyUI's server thread, on /free).
 
+        A stream that a running job has open goes when that job finishes (committed or rolled
+        back first), so the nodes of one job never see two different streams under one id.
         The dropped streams are released later, by `release_cleared` on the thread that runs
         jobs: a stream may hold the last reference to a model, and in ComfyUI releasing that
         runs its model finalizer, which raced with the worker's own unloading for the same /free
         and killed the worker (an IndexError in `free_memory`) when run on the server thread.
         """
         with self._lock:
-            self._cleared.append(self._streams)
-            self._streams = {}
+            for stream in list(self._streams.values()):
+                if stream.job is not None:
+                    stream.dropped = why
+                else:
+                    self._drop(stream.stream_id, why)
 
     def release_cleared(self) -> None:
-        """Release what `clear` dropped; call on the thread that runs jobs (`open` and `finish` do)."""
+        """Release what was dropped; call on the thread that runs jobs (`open` and `finish` do)."""
         with self._lock:
             cleared, self._cleared = self._cleared, []
         cleared.clear()  # the streams' last references go here, outside the lock

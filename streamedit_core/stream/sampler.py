@@ -183,10 +183,13 @@ class StreamSampler:
         state.trim_history(self.cfg.window_min)
 
     def step(self, state: StreamState, src: Tensor, text: TextEmbedding,
-             null_text: TextEmbedding | None = None) -> Tensor | None:
+             null_text: TextEmbedding | None = None, identity: float = 0.0) -> Tensor | None:
         """Admit the source latent src [C, h, w] and run one forward.
 
         Returns the edited latent [C, h, w] float32 that left the buffer, or None in warm-up.
+        `identity` in [0, 1]: how much of the step heads for the source itself instead of the
+        DiT's edit (1: no edit, the DiT does not run, and the frames leave as their sources;
+        between: a prompt transition to or from "no edit").
         """
         src = src.to(device=self.device, dtype=torch.float32)
         if not state.allocated or (state.next_index == 0 and tuple(src.shape) != state.latent_shape):
@@ -197,14 +200,14 @@ class StreamSampler:
         self._adapt_window(state, src)
         state.admit(frame_noise(self.seed, state.next_index, tuple(src.shape), self.device), src)
         state.next_index += 1
-        return self._advance(state, text, null_text)
+        return self._advance(state, text, null_text, identity)
 
     def drain(self, state: StreamState, text: TextEmbedding,
-              null_text: TextEmbedding | None = None) -> Tensor | None:
+              null_text: TextEmbedding | None = None, identity: float = 0.0) -> Tensor | None:
         """One forward with no new frame (flush). Returns the released latent, or None."""
         if state.n_inflight == 0:
             return None
-        return self._advance(state, text, null_text)
+        return self._advance(state, text, null_text, identity)
 
     # --- internals -------------------------------------------------------------------------
     def _adapt_window(self, state: StreamState, src: Tensor) -> None:
@@ -226,7 +229,7 @@ class StreamSampler:
         state.has_prev = 1
 
     def _advance(self, state: StreamState, text: TextEmbedding,
-                 null_text: TextEmbedding | None) -> Tensor | None:
+                 null_text: TextEmbedding | None, identity: float = 0.0) -> Tensor | None:
         steps, hl, n = self.cfg.steps, state.history_len, state.n_inflight
         # 1. The window in time order: history (t = 0), then in-flight (oldest = least noisy).
         x = torch.cat([state.history[:hl], state.inflight[:n]])  # [T, C, h, w]
@@ -238,9 +241,15 @@ class StreamSampler:
         t_now = self._t_rev[first:first + n]  # [n]
         t_next = self._t_rev[first - 1:first - 1 + n]
         t = torch.cat([t_now.new_zeros(hl), t_now]).unsqueeze(0)  # [1, T]
-        # 3. One forward, then an Euler step per in-flight frame with its own dt.
-        v = velocity(self.dit, x, t, cond, text, null_text, self.cfg.cfg_scale, self.attention)
-        v = v[0, :, hl:].permute(1, 0, 2, 3)  # [n, C, h, w]
+        # 3. One forward, then an Euler step per in-flight frame with its own dt. "No edit" is the
+        # velocity whose clean frame is the source: v = (x_t - src) / t (every in-flight t > 0).
+        if identity < 1:
+            v = velocity(self.dit, x, t, cond, text, null_text, self.cfg.cfg_scale, self.attention)
+            v = v[0, :, hl:].permute(1, 0, 2, 3)  # [n, C, h, w]
+        if identity > 0:
+            inflight = state.inflight[:n]
+            v_id = (inflight - state.inflight_src[:n]) / t_now.view(n, 1, 1, 1)
+            v = v_id if identity >= 1 else torch.lerp(v, v_id, identity)
         state.inflight[:n].add_((t_next - t_now).view(n, 1, 1, 1) * v)
         state.oldest_level += 1
         # 4. The frame at t = 0 leaves and becomes history. The history keeps the DiT's own
@@ -249,6 +258,6 @@ class StreamSampler:
             return None
         latent, src = state.pop_oldest()
         state.push_history(latent, src)
-        if self.refine is None:
+        if self.refine is None or identity >= 1:
             return latent
         return self.refine(latent[None, :, None], src[None, :, None], text)[0, :, 0].float()

@@ -24,7 +24,12 @@ def check_prompt(prompt: Any) -> str:
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError(f"prompt is empty ({prompt!r}); describe the edit, e.g. "
-                         "'make it a watercolor painting'")
+                         "'make it a pencil sketch'")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that were not UTF-8 (a shell's argv keeps them as surrogates)
+        raise ValueError(f"prompt {prompt!r} is not valid UTF-8 text (character {e.start}); type it "
+                         "again or save the file that holds it as UTF-8") from None
     return prompt
 
 

@@ -379,15 +379,17 @@ def export(model_path: Path, dest: Path, stage_summaries: list[dict]) -> Path:
 
 
 def add_anchors(src: Path, dest: Path) -> Path:
-    """`src`, an exported model whose refiner reads the prompt, with its prompt anchors
-    (`with_vocabulary`, the refine stage's last step) written to `dest` (which may be
-    `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata."""
+    """`src`, an exported model whose refiner reads the prompt, with its vocabulary (anchors,
+    wordings, threshold: `with_vocabulary`, the refine stage's last step) written to `dest`
+    (which may be `src`: the write is atomic) in `src`'s dtype, keeping `src`'s metadata. Where
+    `src` has a vocabulary already, its anchors are kept and the rest is rebuilt."""
     model = load_checkpoint(src)  # as stored: the anchors are written in its dtype
     stored = model.dtype
     if model.refiner is None or not model.config.refiner.prompt:
         raise ValueError(f"--add-anchors: {src} has no refiner that reads the prompt (refiner config "
                          f"{model.config.refiner})")
-    model = with_vocabulary(model.float(), TextEnsemble.for_model(model.config)).to(stored)
+    model = with_vocabulary(model.float(), TextEnsemble.for_model(model.config),
+                            keep_anchors=model.vocabulary is not None).to(stored)
     meta = {k: v for k, v in read_checkpoint_metadata(src).items() if k not in (CONFIG_KEY, FORMAT_KEY)}
     meta["anchors_added"] = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {hardware()}"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ DiT, the STLE and the prompt pooling stay frozen: a refiner that reads the promp
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -161,17 +162,17 @@ def train_refiner(model, data: RefinerData, steps: int, *, pairs_per_step: int =
 
 
 # Training wordings of each edit that a vocabulary lists in the model's config (`with_vocabulary`).
-WORDINGS_PER_EDIT = 5
-
-
 @torch.no_grad()
-def with_vocabulary(model, text_encoder, families: list[str] | None = None,
-                    wordings_per_edit: int = WORDINGS_PER_EDIT):
+def with_vocabulary(model, text_encoder, families: list[str] | None = None, *, keep_anchors: bool = False):
     """`model` with a vocabulary of edits (`VocabularyConfig`, model/vocabulary.py) that its refiner
     reads every prompt through: for each family (default: every one, sorted), the anchor is the
-    mean of the refiner's view of all its train wordings, and the config lists the first
-    `wordings_per_edit` of them; then NO_EDIT, the view of the empty prompt. The weights are
-    untouched; a vocabulary the model had is replaced (build it again after refitting the refiner)."""
+    mean of the refiner's view of its train wordings, and NO_EDIT's is the view of the empty
+    prompt. The config lists every train wording (NO_EDIT's: `synthetic.NO_EDIT_WORDINGS`), whose
+    sentence vectors prompts are matched to, and the out-of-vocabulary threshold: the lowest
+    similarity of a validation wording (of the families and of NO_EDIT) to its nearest train
+    wording, so that no validation wording is flagged. The weights are untouched; a vocabulary
+    the model had is replaced (build it again after refitting the refiner), its anchors kept
+    with `keep_anchors` (same edits: rebuilding the rest changes nothing the refiner reads)."""
     from ..model import StreamEditModel
     if model.refiner is None or not model.config.refiner.prompt:
         raise ValueError("with_vocabulary needs a model whose refiner reads the prompt "
@@ -179,21 +180,37 @@ def with_vocabulary(model, text_encoder, families: list[str] | None = None,
     families = sorted(synthetic.FAMILIES) if families is None else list(families)
     if not families or NO_EDIT in families:
         raise ValueError(f"need one or more edit families, not {NO_EDIT!r}, got {families}")
-    if wordings_per_edit < 0:
-        raise ValueError(f"wordings_per_edit must be >= 0, got {wordings_per_edit}")
     wordings = [synthetic.split_paraphrases(f, "train") for f in families]
     views = [model.refiner_prompt(text_encoder.encode(list(w))).mean(0) for w in wordings]
     views.append(model.refiner_prompt(text_encoder.null(1))[0])
-    listed = (*(w[:wordings_per_edit] for w in wordings), ()) if wordings_per_edit else ()
-    cfg = VocabularyConfig(edits=(*families, NO_EDIT), wordings=listed)
+    wordings.append(synthetic.NO_EDIT_WORDINGS["train"])
+    cfg = VocabularyConfig(edits=(*families, NO_EDIT), wordings=tuple(wordings))
     new = StreamEditModel(model.config.replace(vocabulary=cfg), device=model.device, dtype=model.dtype)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("vocabulary.")}
     missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected or missing != ["vocabulary.anchors"]:
         raise ValueError(f"with_vocabulary: state mismatch (missing {missing}, unexpected {unexpected})")
+    if keep_anchors:
+        if model.vocabulary is None or model.vocabulary.edits != cfg.edits:
+            raise ValueError(f"keep_anchors needs a vocabulary of the edits {list(cfg.edits)}, the model has "
+                             f"{None if model.vocabulary is None else list(model.vocabulary.edits)}")
+        views = list(model.vocabulary.anchors)
     new.vocabulary.anchors.copy_(torch.stack(views))
-    return new.eval()
+    validation = [w for f in families for w in synthetic.split_paraphrases(f, "validation")]
+    validation += synthetic.NO_EDIT_WORDINGS["validation"]
+    similar = new.vocabulary.similarities(text_encoder.sentence_vectors(validation),
+                                          new.vocabulary.wording_vectors(text_encoder))
+    threshold = float(similar.max(-1).values.min())
+    return with_threshold(new, max(threshold, 0.0))
 
+
+def with_threshold(model, threshold: float):
+    """`model` (with a vocabulary) with another out-of-vocabulary threshold; all else as it was."""
+    from ..model import StreamEditModel
+    cfg = dataclasses.replace(model.config.vocabulary, threshold=math.floor(threshold * 1e4) / 1e4)
+    new = StreamEditModel(model.config.replace(vocabulary=cfg), device=model.device, dtype=model.dtype)
+    new.load_state_dict(model.state_dict())
+    return new.eval()
 
 
 def with_refiner(model, cfg: RefinerConfig):

@@ -197,6 +197,14 @@ SCHEMA_CHECK = textwrap.dedent("""
 """)
 
 
+def test_comfyui_starts_without_tracebacks(comfy_server):
+    """Our set-up gives ComfyUI what its own nodes import (torchaudio for the audio nodes): its
+    start-up log, up to the first job, holds no traceback and no node that failed to import."""
+    start = comfy_server.log().split("got prompt")[0]
+    assert "StreamEdit" in start or "comfyui-streamedit" in start
+    assert "Traceback" not in start and "Cannot import" not in start, start[-3000:]
+
+
 def test_every_execute_matches_its_schema():
     """Each node's execute() takes exactly its schema's inputs, in order; optional inputs (what an
     older saved workflow may lack) have the same default in both."""
@@ -230,6 +238,29 @@ def test_edit_video_file_workflow(comfy, comfy_base, object_info):
     frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
     assert frames.shape == (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
     assert torch.isfinite(frames).all() and frames.std() > 0
+
+
+def test_every_shipped_workflow_runs_as_shipped(comfy, comfy_base, object_info):
+    """As a user gets them: the shipped demo model, each workflow's own prompt, and the example
+    clip they name, which the nodes put into ComfyUI's input folder when ComfyUI starts."""
+    assert (comfy_base / "input" / "streamedit_example.mp4").is_file()
+    for name in ("edit_video_file", "stream_chunks", "prompt_schedule"):
+        prompt = ui_to_api(json.loads((WORKFLOWS / f"{name}.json").read_text()), object_info)
+        result = run_ok(comfy, prompt, timeout=600)
+        if name != "stream_chunks":  # a stream's first job only fills the buffer
+            (ui,) = node_outputs(comfy, result.prompt_id, "SaveVideo" if name == "prompt_schedule"
+                                 else "StreamEditEditVideo", prompt)
+            saved = ui["images"][0]
+            frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
+            assert frames.shape == (64, 144, 176, 3), name
+
+
+def test_strict_refuses_a_prompt_the_model_does_not_know(comfy, object_info):
+    prompt = ui_to_api(json.loads((WORKFLOWS / "edit_video_file.json").read_text()), object_info)
+    set_inputs(prompt, "StreamEditTextEncode", prompt="make it a watercolor painting")
+    set_inputs(prompt, "StreamEditEditVideo", strict=True)
+    run_error(comfy, prompt, "'make it a watercolor painting' is not an edit this model knows",
+              "the nearest, grayscale", "strict is on")
 
 
 def test_prompt_schedule_workflow_with_comfy_video_nodes(comfy, comfy_base, object_info):
@@ -328,6 +359,47 @@ def test_chunk_gap_repeat_reset_and_free(comfy, object_info):
     comfy.free()
     run_error(comfy, chunk(1), "has no state", "/free")
     run_ok(comfy, chunk(0))  # the model reloads after /free unloaded it
+
+
+def test_free_drops_streams_and_closes_decoders_on_the_worker(comfy, object_info):
+    """Issue 49, defects 3 and 9: /free drops the streams and closes Load Video Chunk's open
+    decoders, released on the worker thread at the end of the next job; GET /streamedit/streams
+    says what is held and the bounds."""
+    stream_id = f"d-{uuid.uuid4().hex[:6]}"
+    run_ok(comfy, stream_prompt(object_info, stream_id, 0, chunk_frames=8))
+    held = comfy.request("GET", "/streamedit/streams")
+    assert held["streams"] >= 1 and held["open_decoders"] >= 1 and held["max_streams"] == 16
+    assert held["idle_seconds"] == 3600 and held["in_jobs"] == 0
+    comfy.free()
+    run_ok(comfy, {"1": {"class_type": "StreamEditResetStream", "inputs": {"stream_id": "none"}}})
+    held = comfy.request("GET", "/streamedit/streams")
+    assert held["streams"] == 0 and held["open_decoders"] == 0, held
+
+
+def test_a_stream_whose_model_was_replaced_is_dropped(comfy, object_info):
+    """Issue 49, defect 3: the stream held its model's patcher, keeping a model ComfyUI had
+    dropped alive for as long as the stream lived. Now the patcher is held weakly: when the
+    loader's output changes (another checkpoint), the stream is dropped and says why."""
+    stream_id = f"m-{uuid.uuid4().hex[:6]}"
+    run_ok(comfy, stream_prompt(object_info, stream_id, 0, chunk_frames=8))
+    other = set_inputs(stream_prompt(object_info, f"o-{uuid.uuid4().hex[:6]}", 0, chunk_frames=8),
+                       "StreamEditModelLoader", ckpt_name=SHIPPED_MODEL.name)
+    run_ok(comfy, other)
+    run_error(comfy, stream_prompt(object_info, stream_id, 1, chunk_frames=8), repr(stream_id),
+              "its model was unloaded")
+
+
+def test_edit_video_at_a_working_size(comfy, comfy_base, object_info):
+    """Issue 49, defect 8: the Edit Video node's size edits at a smaller size and writes the
+    video's own size."""
+    prompt = set_inputs(workflow("edit_video_file", object_info), "StreamEditEditVideo", size=16,
+                        steps=2)
+    result = run_ok(comfy, prompt)
+    (ui,) = node_outputs(comfy, result.prompt_id, "StreamEditEditVideo", prompt)
+    saved = ui["images"][0]
+    frames = read_video(comfy_base / "output" / saved["subfolder"] / saved["filename"])
+    assert frames.shape == (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3)
+    assert sum(e["type"] == "progress" for e in result.events) >= CLIP_FRAMES // 4 + 1  # the flush counted
 
 
 def test_load_video_chunk_in_any_order_equals_the_file(comfy, comfy_base):

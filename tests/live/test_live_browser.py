@@ -150,6 +150,11 @@ def test_the_cap_and_a_bad_prompt_in_the_page(browser, server):
                          "message": "prompt is 413 characters long; at most 300 are accepted"}
         assert "at most 300 are accepted" in first.page.inner_text("#error")
         assert first.set_prompt(SEPIA)["read_as"] == "sepia"  # the session goes on
+        assert not first.page.is_visible("#prompt-warning")
+        reply = first.set_prompt("turn the sky into a galaxy")  # not a known edit: edited, with a warning
+        assert "is not an edit this model knows" in reply["warning"]
+        assert "is not an edit this model knows" in first.page.inner_text("#prompt-warning")
+        assert first.set_prompt(SEPIA)["warning"] is None and not first.page.is_visible("#prompt-warning")
         first.stop()
         server.wait_sessions(0, 15)
         second.start()  # the slot is free again

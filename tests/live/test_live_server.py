@@ -96,7 +96,12 @@ def test_a_session_edits_takes_commands_refuses_beyond_the_cap_and_ends(server):
         # commands over HTTP (the page sends the same over its data channel)
         post = lambda body: server.request("POST", f"api/sessions/{sid}", body=body)  # noqa: E731
         assert await asyncio.to_thread(post, {"prompt": "make it a sepia photograph", "transition": 0}) == \
-            (200, {"prompt": "make it a sepia photograph", "read_as": "sepia", "transition": 0})
+            (200, {"prompt": "make it a sepia photograph", "read_as": "sepia", "warning": None, "transition": 0})
+        # a prompt the model does not know still edits (as the nearest), with the warning the page shows
+        status, body = await asyncio.to_thread(post, {"prompt": "turn the sky into a galaxy", "transition": 0})
+        assert status == 200 and body["read_as"] is not None
+        assert body["warning"].startswith("'turn the sky into a galaxy' is not an edit this model knows")
+        assert stats()["warning"] == body["warning"]
         got = await asyncio.to_thread(post, {"prompt": "x" * 1000})
         assert got == (400, {"error": "prompt is 1000 characters long; at most 300 are accepted"})
         assert (await asyncio.to_thread(post, {"dance": 1}))[0] == 400

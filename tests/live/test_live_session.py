@@ -50,7 +50,7 @@ def test_frames_go_through_and_commands_apply(make_session):
     feeder = threading.Thread(target=feed, args=(s, 2.0))
     feeder.start()
     assert s.command({"prompt": "make it a pencil sketch", "transition": 4}).result(10) == \
-        {"prompt": "make it a pencil sketch", "read_as": None, "transition": 4}
+        {"prompt": "make it a pencil sketch", "read_as": None, "warning": None, "transition": 4}
     assert s.command({"steps": 2}).result(10) == {"steps": 2}
     assert s.command({"reset": True}).result(10) == {"reset": True}
     feeder.join()

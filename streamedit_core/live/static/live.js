@@ -203,12 +203,20 @@ function applyPrompt() {
   command({ type: "prompt", prompt, transition });
 }
 
+// A prompt the model does not know: it still edits, as the nearest edit it knows (the model's
+// closed vocabulary); say so next to the prompt box.
+function showWarning(text) {
+  $("prompt-warning").textContent = text || "";
+  $("prompt-warning").hidden = !text;
+}
+
 function onMessage(msg) {
   if (msg.type === "stats") return renderStats(msg);
   if (msg.type === "reply") {
     live.replies.push(msg);
     showError("");
     if (msg.read_as !== undefined) $("read-as").textContent = msg.read_as || "(as written)";
+    if (msg.warning !== undefined) showWarning(msg.warning);
     return;
   }
   if (msg.type === "error") { live.replies.push(msg); return showError(msg.message); }
@@ -245,6 +253,7 @@ async function estimateTransport() {
 function renderStats(s) {
   live.lastStats = s;
   if (s.read_as !== undefined && s.read_as !== null) $("read-as").textContent = s.read_as;
+  if (s.warning !== undefined) showWarning(s.warning);
   if (s.size) $("size").textContent = `${s.size} × ${s.size}`;
   $("s-input").textContent = `${s.input_fps.toFixed(1)} fps`;
   $("s-output").textContent = `${s.output_fps.toFixed(1)} fps`;
