@@ -43,15 +43,9 @@ log = logging.getLogger(__name__)
 OFFER_MAX_BYTES = 64 * 1024  # an SDP offer is a few kB
 COMMAND_MAX_BYTES = 4 * 1024
 STATIC_FILES = {"live.js": "application/javascript", "live.css": "text/css"}
-# Example prompts for the page, by edit name of a closed vocabulary (the demo model's 13 edits);
-# each is read as its edit by the shipped model. A model whose config lists wordings uses those.
-EXAMPLE_PROMPTS = {
-    "grayscale": "make it black and white", "sepia": "make it a sepia photograph",
-    "sketch": "turn it into a pencil sketch", "invert": "invert the colors",
-    "hue_red": "shift the hue towards red", "hue_blue": "make it blue", "blur": "blur the video",
-    "pixelate": "pixelate it", "posterize": "posterize the image", "brighter": "make it brighter",
-    "darker": "make it darker", "warm": "give it a warm tint", "cool": "give it a cool tint",
-}
+# Example prompts for the page for a model without a closed vocabulary (it reads any prompt).
+OPEN_EXAMPLES = ("make it a pencil sketch", "make it a watercolor painting", "make it black and white",
+                 "make it a sepia photograph", "give it a warm tint", "invert the colors")
 
 
 class LiveError(Exception):
@@ -74,13 +68,11 @@ class Engine:
 
 
 def example_prompts(model) -> list[str]:
+    """One prompt per edit for a model with a closed vocabulary (its first training wording of
+    each), so every example is read as what it says."""
     vocab = getattr(model.config, "vocabulary", None)
-    edits = tuple(getattr(vocab, "edits", ()) or ())
     wordings = tuple(getattr(vocab, "wordings", ()) or ())
-    if wordings:
-        return [w[0] for w in wordings if w]
-    known = [EXAMPLE_PROMPTS[e] for e in edits if e in EXAMPLE_PROMPTS]
-    return known or list(EXAMPLE_PROMPTS.values())[:6]
+    return [w[0] for w in wordings if w] or list(OPEN_EXAMPLES)
 
 
 def static_text(name: str) -> str:
