@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COMFYUI := .cache/comfyui/ComfyUI
 REQS := requirements/base.in requirements/comfyui.in requirements/test.in
 
-.PHONY: all test test-fast demo env comfyui train-demo clean
+.PHONY: all test test-fast demo env comfyui chromium train-demo clean
 
 all: test
 
@@ -24,13 +24,23 @@ $(COMFYUI)/main.py: $(STAMP) scripts/setup_comfyui.py
 
 comfyui: $(COMFYUI)/main.py
 
+# Debian's Chromium for the live page's browser tests, installed where it is missing and apt-get
+# can (as root); otherwise those tests fail naming the command to run.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (the live page's browser tests)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "could not install chromium: the browser tests will fail; run: apt-get install -y chromium"; \
+	  else echo "chromium is missing: the browser tests will fail; run: sudo apt-get install -y chromium"; fi; }
+
 # pytest exit 5 (no tests collected) is a failure, not a pass.
-test: $(STAMP) comfyui
+test: $(STAMP) comfyui chromium
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not comfyui and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not comfyui and not slow and not browser" $(PYTEST_ARGS)
 
 demo: $(STAMP) comfyui
 	$(PY) -m streamedit_core demo

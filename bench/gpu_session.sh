@@ -49,6 +49,14 @@ bench() { step "$1" "$PY" -m streamedit_core bench "${@:2}"; }
     bench 60 stream --backend dsa --frames 100 --breakdown --name "$PREFIX-stream-2b-dsa-breakdown"
     bench 150 stream --backend dsa --cuda-graphs --name "$PREFIX-stream-2b-dsa-graphs"
     bench 60 stream --backend dense --name "$PREFIX-stream-2b-dense"
+    # 4. a live session glass to glass (issue 48): the 2b preset at 512 x 512 in the live server, the
+    #    page in headless Chromium; needs aiortc, playwright and chromium on the device image
+    if "$PY" -c "import aiortc, playwright" 2>/dev/null && command -v chromium >/dev/null; then
+        bench 150 live --preset 2b --text random --sizes 512 --steps 6,2 --seconds 20 --device cuda \
+            --name "$PREFIX-live-2b"
+    else
+        echo "== skipped: bench live needs aiortc, playwright (pip) and chromium (apt) on the device image"
+    fi
 } 2>&1 | tee "$DEST/gpu_session.log"
 
 if [ "$DEST" != bench/results ]; then

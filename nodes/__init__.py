@@ -12,6 +12,7 @@ from ..streamedit_core.io.files import remove_temp_files_on_signals
 from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
+from .live import FREED, MANAGER, LiveSession, mount
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
 from .video import CHUNK_READER, EditVideo, LoadVideoChunk
 
@@ -21,7 +22,7 @@ EXAMPLE_CLIP = Path(__file__).resolve().parents[1] / "workflows" / "streamedit_e
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,
-    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo, LoadVideoChunk,
+    STLEEncode, DiTSampler, STLEDecode, ResetStream, EditVideo, LoadVideoChunk, LiveSession,
 ]
 
 
@@ -46,9 +47,10 @@ def _finish_streams_with_jobs(prompt_queue) -> None:
 
 def _drop_streams_on_free():
     """aiohttp middleware: POST /free (what the UI's "Unload models" / "Free memory" send) also
-    drops every stream's state and closes Load Video Chunk's open decoders, like ComfyUI drops its
-    caches. It runs on the server thread, so they are only marked dropped here; the worker
-    releases them (see `StreamRegistry.clear`; a stream a running job holds goes when it ends)."""
+    drops every stream's state, closes Load Video Chunk's open decoders and ends the live
+    sessions, like ComfyUI drops its caches. It runs on the server thread, so streams and decoders
+    are only marked dropped here; the worker releases them (see `StreamRegistry.clear`; a stream a
+    running job holds goes when it ends); live sessions stop between two frames."""
     from aiohttp import web
 
     @web.middleware
@@ -59,6 +61,7 @@ def _drop_streams_on_free():
             if body.get("unload_models") or body.get("free_memory"):
                 REGISTRY.clear()
                 CHUNK_READER.clear()
+                MANAGER.unconfigure(FREED)
         return response
 
     return middleware
@@ -101,6 +104,7 @@ async def comfy_entrypoint() -> StreamEditExtension:
     if not app.frozen:  # middlewares and routes can only be added before the server starts
         app.middlewares.append(_drop_streams_on_free())
         _add_status_route(PromptServer.instance.routes)
+        mount(PromptServer.instance)
     _finish_streams_with_jobs(PromptServer.instance.prompt_queue)
     # SIGTERM/SIGHUP kill ComfyUI at once (it sets no handler): remove Edit Video's temporary
     # output file first, then die by the signal as before.

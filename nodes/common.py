@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -141,10 +142,10 @@ class EditText:
     schedule: PromptSchedule
 
 
-def read_as(model: StreamEditModel, text: EditText, strict: bool = False) -> str:
+def read_as(model: StreamEditModel, encoder, prompts: Sequence[str], strict: bool = False) -> str:
     """What the model reads the prompts as, one line each, for a `read_as` output and the console;
     a prompt it does not know is a warning, or with `strict` an error."""
-    readings = read_prompts(model, text.encoder, text.schedule.prompts)
+    readings = read_prompts(model, encoder, prompts)
     warnings = unknown_prompts(model, readings)
     if strict and warnings:
         raise ValueError(f"{warnings[0]} (strict is on: turn it off to edit it as the nearest)")

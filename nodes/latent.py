@@ -140,7 +140,7 @@ class DiTSampler(io.ComfyNode):
         m = model.get()
         samples = check_model_latent(source, m, "DiT Sampler")
         settings = dict(seed=seed, steps=steps, window_min=window_min, window_max=window_max)
-        reading = read_as(m, text, strict)
+        reading = read_as(m, text.encoder, text.schedule.prompts, strict)
         stream = open_stream(model, stream_id, chunk_index)
         if stream is None:  # a whole clip: edited from its start, flushed at its end
             editor, flush = StreamEditor(m, text.encoder, text.schedule, attention=model.attention, **settings), True

@@ -92,7 +92,7 @@ class EditVideo(io.ComfyNode):
         work = working_size(reader.width, reader.height, parse_size(size), m.config.spatial_stride)
         check_frame_size(m.config, work[1], work[0])
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
-        reading = read_as(m, text, strict)  # before the edit: the console says what the model will do
+        reading = read_as(m, text.encoder, text.schedule.prompts, strict)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,
                    window_min=window_min, window_max=window_max, attention=model.attention,
                    progress=progress_bar(), size=parse_size(size),

@@ -1,4 +1,4 @@
-"""`python -m streamedit_core {edit,train,distill,train-demo,eval,bench} ...`
+"""`python -m streamedit_core {edit,train,distill,train-demo,eval,bench,demo,live} ...`
 
 `edit` is implemented here; the other subcommands forward their arguments to their modules
 (imported only when asked for). Bad input ends with one line `error: <message>` on stderr and
@@ -24,6 +24,7 @@ _FORWARDED = {
     "eval": ("streamedit_core.eval.cli", "main"),
     "bench": ("streamedit_core.bench.cli", "main"),
     "demo": ("streamedit_core.bench.demo", "main"),
+    "live": ("streamedit_core.live.cli", "main"),
 }
 COMMANDS = ["edit", "info", *_FORWARDED]
 
@@ -209,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  train-demo  the demo model end to end: stages, refiner, fp16 export, eval against targets\n"
               "  eval        score a model on the V2V edit benchmark (JSON, Markdown, contact sheet)\n"
               "  bench       speed of the streaming editor (bench comfyui: through a real ComfyUI)\n"
-              "  demo        the edit-a-video workflow in a real, headless ComfyUI (make demo)\n\n"
+              "  demo        the edit-a-video workflow in a real, headless ComfyUI (make demo)\n"
+              "  live        edit a camera stream live in the browser (WebRTC page)\n\n"
               "python -m streamedit_core COMMAND --help for a command's options.")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]

@@ -67,3 +67,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def live_camera(tmp_path_factory) -> Path:
+    """A fake camera for Chromium: 300 frames (256 x 192, 30 fps) of a bundled clip, coded for 64 x 64 sessions."""
+    from streamedit_core.bench.browser import FrameCode, make_fake_camera
+    return make_fake_camera(tmp_path_factory.mktemp("camera") / "camera.y4m", frames=300, fps=30,
+                            code=FrameCode(block=8 / 64))

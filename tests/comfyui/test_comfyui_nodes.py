@@ -28,7 +28,7 @@ NODE_IDS = {
     "StreamEditModelLoader", "StreamEditTextEnsembleLoader", "StreamEditTextEncode",
     "StreamEditPromptSchedule", "StreamEditSTLEEncode", "StreamEditDiTSampler",
     "StreamEditSTLEDecode", "StreamEditResetStream", "StreamEditEditVideo",
-    "StreamEditLoadVideoChunk",
+    "StreamEditLoadVideoChunk", "StreamEditLiveSession",
 }
 PROMPT = "make it a watercolor painting"
 # The stream tests use a prompt no other test encodes: TextEnsemble caches embeddings, and one
