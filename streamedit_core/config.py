@@ -17,7 +17,7 @@ from typing import Any
 
 # Size limits (docs/development.md, Limits): past them memory runs out in the allocator, not in a
 # check. The CLI's --size and the Edit Video node's size input edit a larger video at a working size.
-MAX_FRAME_PIXELS = 1920 * 1080  # height x width of a frame the model edits (1080p: ~13 GB RSS on the CPU)
+MAX_FRAME_PIXELS = 1920 * 1080  # height x width of a frame the model edits (1080p: ~14 GB RSS on the CPU)
 MAX_CHUNK_PIXELS = 64 * MAX_FRAME_PIXELS  # frames x height x width one chunk of frames may hold (1.6 GB float32)
 
 TEXT_KINDS = ("t5", "byt5", "clip", "sentence")

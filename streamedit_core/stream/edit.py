@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 # Warn before an edit estimated to take longer than this (seconds).
 SLOW_EDIT_SECONDS = 120.0
-# Seconds per frame of the shipped demo model on the CPU: a * megapixels ** b, fitted to
-# measurements at 64 x 64 ... 640 x 360 on the 2-core Xeon (docs/development.md, Limits). Other
-# models scale by their parameter count; other CPUs differ (the estimate says "about").
-CPU_SECONDS_PER_FRAME = (30.0, 1.0)
+# Seconds per frame (one forward / 4, the flush's forwards counted) of the shipped demo model
+# on the CPU: a * megapixels ** b, fitted to 128 x 128 ... 1280 x 720 on a 2-core Xeon (within
+# 20 %; docs/development.md, Limits). Other models scale by their parameter count; other CPUs
+# differ (the estimate says "about").
+CPU_SECONDS_PER_FRAME = (3.6, 1.13)
 # Working sizes offered when a size is slow (the longer side, in pixels).
 SUGGESTED_SIDES = (1280, 1024, 768, 640, 512, 384, 256, 128)
 
@@ -103,7 +104,7 @@ def estimate_seconds(config: ModelConfig, width: int, height: int, frames: int,
         return None
     a, b = CPU_SECONDS_PER_FRAME
     per_frame = a * (width * height / 1e6) ** b * _relative_cost(config)
-    return per_frame * frames
+    return per_frame * config.temporal_stride * edit_steps(frames, config.sampler.steps, config.temporal_stride)
 
 
 @functools.lru_cache(maxsize=8)
