@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from streamedit_core.config import RefinerConfig
+
+SMALL_REFINER = RefinerConfig(width=8, film_hidden=16)  # a refiner small enough for tests
 
 def make_live_tiny_model():
     """The `tiny` preset with its zero-initialised output layers (adaLN-zero, final linear)
@@ -19,6 +22,19 @@ def make_live_tiny_model():
         for name, p in model.dit.named_parameters():
             if p.abs().max() == 0 and not name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def make_refined_model():
+    """The live tiny model with a small refiner whose output layers are randomised (seed 2), so
+    the refiner is not the identity."""
+    from streamedit_core.train.refine import with_refiner
+
+    model = with_refiner(make_live_tiny_model(), SMALL_REFINER)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in (*model.refiner.out.parameters(), *model.refiner.film[-1].parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return model
 
 

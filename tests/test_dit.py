@@ -259,23 +259,29 @@ def test_dsa_gradients_equal_dense_ones_under_a_full_mask():
     assert grads["dsa"]["x"].abs().sum() > 0
 
 
-def test_a_few_optimizer_steps_reduce_the_loss_with_dsa():
-    """The 2b/10b presets train with attention="dsa": a sparse DiT (density 0.5) learns."""
-    torch.manual_seed(0)
-    model = StreamEditDiT(dataclasses.replace(CFG, attention="dsa", dsa_density=0.5,
-                                              dsa_block_size=4)).train()
+def _fit_a_fixed_batch(model, steps: int = 8) -> list[float]:
+    """AdamW steps of the flow-matching loss on one fixed batch; the losses."""
     x0, t, cond, text = _inputs()
     eps = torch.randn_like(x0)
     tt = t[:, None, :, None, None]
     xt, target = (1 - tt) * x0 + tt * eps, eps - x0
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(steps):
         loss = (model(xt, t, cond, text) - target).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_a_few_optimizer_steps_reduce_the_loss_with_dsa():
+    """The 2b/10b presets train with attention="dsa": a sparse DiT (density 0.5) learns."""
+    torch.manual_seed(0)
+    model = StreamEditDiT(dataclasses.replace(CFG, attention="dsa", dsa_density=0.5,
+                                              dsa_block_size=4)).train()
+    losses = _fit_a_fixed_batch(model)
     assert losses[-1] < 0.9 * losses[0], losses
 
 
@@ -308,18 +314,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
 def test_a_few_optimizer_steps_reduce_a_fixed_batch_loss():
     torch.manual_seed(0)
     model = StreamEditDiT(CFG).train()  # the real initialisation, zero output layer included
-    x0, t, cond, text = _inputs()
-    eps = torch.randn_like(x0)
-    tt = t[:, None, :, None, None]
-    xt, target = (1 - tt) * x0 + tt * eps, eps - x0
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = (model(xt, t, cond, text) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit_a_fixed_batch(model)
     assert losses[-1] < 0.9 * losses[0], losses
 
 

@@ -6,25 +6,19 @@ import json
 
 import pytest
 import torch
-from model_helpers import make_live_tiny_model
+from model_helpers import SMALL_REFINER, make_live_tiny_model, make_refined_model
 from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint
 from streamedit_core.config import ModelConfig, RefinerConfig
 from streamedit_core.stream.editor import StreamEditor
 from streamedit_core.model.refiner import colour_grade
 from streamedit_core.train.refine import RefinerData, train_refiner, with_refiner
 
-SMALL = RefinerConfig(width=8, film_hidden=16)
+SMALL = SMALL_REFINER
 
 
 @pytest.fixture
 def refined_model():
-    """The live tiny model with a small refiner whose output layer is randomised (not identity)."""
-    model = with_refiner(make_live_tiny_model(), SMALL)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in (*model.refiner.out.parameters(), *model.refiner.film[-1].parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return make_refined_model()
 
 
 def _edit(model, text, clip, prompt="make it red"):

@@ -8,27 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import make_live_tiny_model
+from model_helpers import SMALL_REFINER, make_live_tiny_model, make_refined_model
 from streamedit_core.config import PRESETS, ModelConfig, RefinerConfig, VocabularyConfig, get_preset
 from streamedit_core.data import synthetic
 from streamedit_core.io.checkpoint import load_checkpoint, save_checkpoint
 from streamedit_core.model.vocabulary import NO_EDIT, Reading, Vocabulary
 from streamedit_core.train.refine import with_refiner, with_threshold, with_vocabulary
 
-SMALL = RefinerConfig(width=8, film_hidden=16)
+SMALL = SMALL_REFINER
 FAMILIES = ["grayscale", "hue_red", "invert"]
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "streamedit_demo.safetensors"
 
 
 @pytest.fixture
 def refined_model():
-    """The live tiny model with a small refiner whose output layer is randomised (not identity)."""
-    model = with_refiner(make_live_tiny_model(), SMALL)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in (*model.refiner.out.parameters(), *model.refiner.film[-1].parameters()):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return make_refined_model()
 
 
 @pytest.fixture
