@@ -73,17 +73,11 @@ def _edit_parser() -> argparse.ArgumentParser:
 def load_model_and_text(args: argparse.Namespace, device):
     """(model, text encoder) that --checkpoint or --preset and --text-ensemble name; neither:
     the shipped demo model (said on stderr)."""
-    from .io.checkpoint import SHIPPED_MODEL, load_model
+    from .io.checkpoint import checkpoint_or_shipped, load_model
     from .model.text import TextEnsemble
 
-    checkpoint = args.checkpoint
-    if not (checkpoint or args.preset):
-        if not SHIPPED_MODEL.is_file():
-            raise UsageError(f"give a model: --checkpoint FILE.safetensors or --preset NAME (one of "
-                             f"{sorted(PRESETS)}); the shipped demo model {str(SHIPPED_MODEL)!r} is missing")
-        checkpoint = SHIPPED_MODEL
-        print(f"using the shipped demo model {SHIPPED_MODEL} (--checkpoint to choose another)", file=sys.stderr)
-    model = load_model(checkpoint, preset=args.preset, seed=args.seed, device=device)
+    model = load_model(checkpoint_or_shipped(args.checkpoint, args.preset), preset=args.preset, seed=args.seed,
+                       device=device)
     return model, TextEnsemble.for_model(model.config, args.text_ensemble)
 
 

@@ -9,7 +9,7 @@ from streamedit_core.stream.sampler import flow_timesteps, sample_offline
 from streamedit_core.train.config import DataConfig, TrainConfig
 from streamedit_core.train.data import collate
 from streamedit_core.train.distill import segment_levels
-from streamedit_core.train.textbank import RandomText
+from streamedit_core.model.text import RandomText
 from streamedit_core.train.trainer import Trainer
 
 

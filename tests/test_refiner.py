@@ -327,7 +327,7 @@ def test_refiner_data_encodes_each_familys_wordings_as_the_refiner_reads_them():
     of each wording, encoded in batches as one by one; each pair points at its own family's."""
     from streamedit_core.eval.benchmark import build_pairs
     from streamedit_core.train.refine import family_wordings, refiner_data
-    from streamedit_core.train.textbank import RandomText
+    from streamedit_core.model.text import RandomText
     model = with_refiner(make_live_tiny_model(), SMALL)
     text = RandomText(model.config.dit.text_members)  # encodes a batch row by row, as a real encoder
     pairs = build_pairs("train", limit=3, size=16, frames=8)

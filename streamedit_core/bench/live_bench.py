@@ -155,10 +155,10 @@ def measure(page: LivePage, server: Server, session: str, seconds: float, steps:
 def quality(args: argparse.Namespace, steps: Sequence[int]) -> dict[int, dict]:
     """The edit benchmark's headline at each step count (64 x 64 test pairs)."""
     from ..eval.runner import evaluate
-    from ..io.checkpoint import SHIPPED_MODEL, load_model
+    from ..io.checkpoint import checkpoint_or_shipped, load_model
     from ..model.text import TextEnsemble
 
-    model = load_model(args.checkpoint or (None if args.preset else SHIPPED_MODEL), preset=args.preset,
+    model = load_model(checkpoint_or_shipped(args.checkpoint, args.preset), preset=args.preset,
                        device=args.device or "cpu")
     text = TextEnsemble.for_model(model.config)
     out = {}

@@ -346,7 +346,7 @@ def build_text(config: ModelConfig, text: str):
     """(encoder, description). "auto": the built-in MiniLM where the preset's members fit it,
     else fixed random token states of the members' shapes (`RandomText`)."""
     from ..model.text import TextEnsemble
-    from ..train.textbank import RandomText
+    from ..model.text import RandomText
 
     if text in ("auto", "builtin"):
         try:

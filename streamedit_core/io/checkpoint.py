@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,18 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | Non
         return StreamEditModel.from_preset(preset, seed=seed, device=device, dtype=dtype)
     on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
     return load_checkpoint(checkpoint, device=device, dtype=dtype or (torch.float32 if on_cpu else None))
+
+
+def checkpoint_or_shipped(checkpoint: str | os.PathLike | None, preset: str | None) -> str | os.PathLike | None:
+    """What a command loads when it names no model: the shipped demo model (said on stderr);
+    otherwise the checkpoint it names (None for a preset)."""
+    if checkpoint or preset:
+        return checkpoint
+    if not SHIPPED_MODEL.is_file():
+        raise ValueError(f"give a model: --checkpoint FILE.safetensors or --preset NAME (one of "
+                         f"{sorted(PRESETS)}); the shipped demo model {str(SHIPPED_MODEL)!r} is missing")
+    print(f"using the shipped demo model {SHIPPED_MODEL} (--checkpoint to choose another)", file=sys.stderr)
+    return SHIPPED_MODEL
 
 
 def _check_entries(path: Path, entries: dict[str, dict[str, Any]],

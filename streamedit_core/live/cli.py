@@ -27,29 +27,6 @@ DEFAULT_PROMPT = "make it a pencil sketch"
 DEFAULT_SIZE = {"tiny": 64, "demo": 128, "2b": 512, "10b": 512}
 
 
-class RandomText:
-    """A text encoder for speed work: each prompt maps to fixed random token states of the
-    model's member shapes (seeded by the prompt), so a preset runs without its encoders."""
-
-    def __init__(self, config) -> None:
-        self.members = config.dit.text_members
-
-    def null(self, batch: int = 1):
-        from ..types import TextEmbedding
-        return TextEmbedding.null(self.members, batch)
-
-    def encode(self, prompts):
-        import torch
-
-        from ..types import TextEmbedding
-        rows = []
-        for p in [prompts] if isinstance(prompts, str) else prompts:
-            g = torch.Generator().manual_seed(sum(map(ord, p)) + 7919 * len(p))
-            rows.append(TextEmbedding(tuple(torch.randn(1, m.max_tokens, m.dim, generator=g) for m in self.members),
-                                      tuple(torch.ones(1, m.max_tokens, dtype=torch.bool) for m in self.members)))
-        return TextEmbedding.cat(rows)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m streamedit_core live",
                                 description="Edit a camera stream live in the browser (WebRTC).")
@@ -120,10 +97,9 @@ async def serve(manager, host: str, port: int, on_ready=None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    import torch
-
-    from ..io.checkpoint import SHIPPED_MODEL, load_model
-    from ..model.text import TextEnsemble
+    from ..io.checkpoint import checkpoint_or_shipped, load_model
+    from ..model.text import RandomText, TextEnsemble
+    from ..types import resolve_device
     from .server import SessionManager
 
     ice = check_host(args.host, args.allow_remote)
@@ -139,13 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     logging.getLogger("streamedit_core").setLevel(logging.INFO)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = args.checkpoint
-    if checkpoint is None and args.preset is None:
-        checkpoint = SHIPPED_MODEL
-        print(f"no --checkpoint given: using the shipped demo model ({checkpoint})", flush=True)
+    device = resolve_device(args.device)
+    checkpoint = checkpoint_or_shipped(args.checkpoint, args.preset)
     model = load_model(checkpoint, preset=args.preset, seed=args.seed, device=device)
-    text = RandomText(model.config) if args.text_ensemble == "random" else \
+    text = RandomText(model.config.dit.text_members) if args.text_ensemble == "random" else \
         TextEnsemble.for_model(model.config, args.text_ensemble)
     size = args.size or DEFAULT_SIZE.get(model.config.name, 256)
     settings = LiveSettings(size=size, steps=args.steps, seed=args.seed, max_latency_s=args.max_latency,

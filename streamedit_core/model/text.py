@@ -37,6 +37,7 @@ they come back on the next cache miss.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -448,6 +449,37 @@ class TextEnsemble:
         """
         for m in self.members:
             m.offload(free)
+
+
+class RandomText:
+    """A stand-in text encoder for tests and speed work where the wording does not matter (a
+    preset whose encoders are not here): each prompt maps to
+    fixed random token states (seeded by its hash) of the given member shapes; the empty prompt
+    is the null embedding, as in `TextEnsemble`. Same duck type: encode(list) / null(batch)."""
+
+    def __init__(self, member_configs: tuple[TextMemberConfig, ...]) -> None:
+        self.member_configs = tuple(member_configs)
+
+    def null(self, batch: int = 1) -> TextEmbedding:
+        return TextEmbedding.null(self.member_configs, batch)
+
+    def encode(self, prompts: str | list[str]) -> TextEmbedding:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = []
+        for p in prompts:
+            if not p.strip():
+                rows.append(self.null(1))
+                continue
+            seed = int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little") >> 1
+            g = torch.Generator().manual_seed(seed)
+            n_tok = len(p.split()) + 2
+            states, masks = [], []
+            for c in self.member_configs:
+                mask = torch.arange(c.max_tokens) < min(n_tok, c.max_tokens)
+                states.append((torch.randn(1, c.max_tokens, c.dim, generator=g) * mask[:, None]))
+                masks.append(mask.unsqueeze(0))
+            rows.append(TextEmbedding(tuple(states), tuple(masks)))
+        return TextEmbedding.cat(rows)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,7 +1,6 @@
 """Prompt embeddings for training, encoded once: the text encoders never run per step."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -14,36 +13,6 @@ from ..config import TextMemberConfig
 from ..types import TextEmbedding
 
 log = logging.getLogger(__name__)
-
-
-class RandomText:
-    """A stand-in text encoder for tests where the wording does not matter: each prompt maps to
-    fixed random token states (seeded by its hash) of the given member shapes; the empty prompt
-    is the null embedding, as in `TextEnsemble`. Same duck type: encode(list) / null(batch)."""
-
-    def __init__(self, member_configs: tuple[TextMemberConfig, ...]) -> None:
-        self.member_configs = tuple(member_configs)
-
-    def null(self, batch: int = 1) -> TextEmbedding:
-        return TextEmbedding.null(self.member_configs, batch)
-
-    def encode(self, prompts: str | list[str]) -> TextEmbedding:
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        rows = []
-        for p in prompts:
-            if not p.strip():
-                rows.append(self.null(1))
-                continue
-            seed = int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little") >> 1
-            g = torch.Generator().manual_seed(seed)
-            n_tok = len(p.split()) + 2
-            states, masks = [], []
-            for c in self.member_configs:
-                mask = torch.arange(c.max_tokens) < min(n_tok, c.max_tokens)
-                states.append((torch.randn(1, c.max_tokens, c.dim, generator=g) * mask[:, None]))
-                masks.append(mask.unsqueeze(0))
-            rows.append(TextEmbedding(tuple(states), tuple(masks)))
-        return TextEmbedding.cat(rows)
 
 
 class TextBank:

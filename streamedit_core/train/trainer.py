@@ -46,7 +46,8 @@ from .losses import (edit_energy, edit_weights, flow_loss, pixel_channel_weights
 from .partitions import window_levels
 from ..data.synthetic import SyntheticEditDataset
 from ..data.fillers import filler_variants
-from .textbank import CachedText, RandomText, TextBank
+from ..model.text import RandomText
+from .textbank import CachedText, TextBank
 
 log = logging.getLogger(__name__)
 
