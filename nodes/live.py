@@ -91,8 +91,7 @@ class LiveSession(io.ComfyNode):
         settings = LiveSettings(size=size, steps=steps, window_min=window_min, window_max=window_max,
                                 transition_frames=transition_frames, max_latency_s=float(max_latency))
         MANAGER.max_sessions = max_sessions
-        MANAGER.configure(m, text_encoder, prompt, settings, name=model.name, guard=_still_loaded(model.patcher),
-                          transition=transition_frames)
+        MANAGER.configure(m, text_encoder, prompt, settings, name=model.name, guard=_still_loaded(model.patcher))
         reading = read_as(m, MANAGER.engine.text_encoder, [prompt.strip()])
         text = f"open {PAGE}/ on this server ({size} x {size}, {steps} steps).\n{reading}"
         log.info("StreamEdit Live: %s", text)

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..live.frames import crop_box, to_uint8
+
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 INSTALL_HINT = "apt-get install -y chromium"
 # Chromium's flags on these machines: no sandbox as root, nothing fetched from the network,
@@ -86,9 +88,7 @@ class FrameCode:
     def draw(self, frame: np.ndarray, index: int) -> np.ndarray:
         """[H, W, 3] uint8 frame with the code of `index` drawn in (a copy)."""
         out = frame.copy()
-        h, w = out.shape[:2]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
+        top, left, side = crop_box(*out.shape[:2])  # where the live session's crop puts the code
         b = side * self.block
         for j, level in enumerate(self.levels(index)):
             r, c = divmod(j, self.cols)
@@ -185,8 +185,7 @@ def make_fake_camera(path: str | os.PathLike, *, frames: int, width: int = 256, 
 
     if frames > code.period:
         raise ValueError(f"{frames} frames need more than the code's {code.bits} bits")
-    src = np.concatenate([(c.numpy() * 255).round().astype(np.uint8)
-                          for c in VideoReader(clip or bundled_clip(), chunk_frames=64)])
+    src = np.concatenate([to_uint8(c) for c in VideoReader(clip or bundled_clip(), chunk_frames=64)])
     order = list(range(len(src))) + list(range(len(src) - 2, 0, -1))  # ping-pong
     fitted: dict[int, np.ndarray] = {}
     path = Path(path)
@@ -230,12 +229,9 @@ class LivePage:
     """One tab of the live page, with the frame reader installed."""
 
     def __init__(self, browser, url: str, code: FrameCode = FrameCode(), viewport=(1280, 900)) -> None:
-        self.code = code
         self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         self.page = self.context.new_page()
         self.page.add_init_script(code.js())
-        self.console: list[str] = []
-        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         self.page.goto(url)
         self.page.wait_for_function("window.live && (window.live.info !== null || window.live.error)")
 

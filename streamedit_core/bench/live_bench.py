@@ -37,19 +37,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
+from ..live.session import SIZE_MIN, STEPS_MAX, FrameTiming, dominant, percentile
 from . import speed
-from .browser import FrameCode, LivePage, chromium, first_showings, make_fake_camera, match_latency
+from .browser import FrameCode, LivePage, chromium, first_showings, make_fake_camera, match_latency, wait_until
+from .comfyui import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPT = "make it black and white"
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not len(values):
-        return {"p50": None, "p95": None, "p99": None}
-    return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 95, 99)}
+    return {f"p{q}": None if (v := percentile(list(values), q)) is None else round(v, 1) for q in (50, 95, 99)}
 
 
 class Server:
@@ -122,16 +119,11 @@ def measure(page: LivePage, server: Server, session: str, seconds: float, steps:
     glass = [m[1] for m in matched]
     window = [f for f in s1["frames"] if f["t_sent"] >= s1["clock"] - seconds]
     server_total = [1000 * (f["t_sent"] - f["t_in"]) for f in window]
-    parts = {k: [] for k in ("queue", "pipeline", "compute", "pacing")}
-    for f in window:
-        parts["queue"].append(f["t_fed"] - f["t_in"])
-        parts["pipeline"].append(max(0.0, f["t_rel"] - f["t_fed"] - f["compute"]))
-        parts["compute"].append(f["compute"])
-        parts["pacing"].append(f["t_sent"] - f["t_rel"])
-    split = {k: round(1000 * statistics.median(v), 1) if v else None for k, v in parts.items()}
+    parts = [FrameTiming(**f).split() for f in window]
+    split = {k: round(1000 * statistics.median(p[k] for p in parts), 1) if parts else None
+             for k in ("queue", "pipeline", "compute", "pacing")}
     if glass and server_total:
         split["transport"] = round(statistics.median(glass) - statistics.median(server_total), 1)
-    known = {k: v for k, v in split.items() if v is not None}
     d_in = s1["frames_in"] - s0["frames_in"]
     d_drop = s1["frames_dropped"] - s0["frames_dropped"]
     sat = [(m[3]["sat"], m[2]["sat"]) for m in matched]
@@ -142,7 +134,7 @@ def measure(page: LivePage, server: Server, session: str, seconds: float, steps:
         "output_fps": round(len(first_showings(edited)) / seconds, 2),
         "latency_ms": percentiles(glass), "frames_matched": len(matched),
         "server_latency_ms": percentiles(server_total),
-        "split_ms": split, "dominant": max(known, key=known.get) if known else None,
+        "split_ms": split, "dominant": dominant(split),
         "pipeline_frames": (steps - 1) * 4,
         "model_ms_per_step": split["compute"],
         "dropped_share": round(d_drop / d_in, 4) if d_in else None,
@@ -192,14 +184,8 @@ def bench_size(args: argparse.Namespace, size: int, steps_list: Sequence[int], f
             for k in steps_list:
                 if server.get(f"api/sessions/{session}")["steps"] != k:
                     page.page.select_option("#steps", str(k))
-                    deadline = time.monotonic() + 120
-                    while True:
-                        s = server.get(f"api/sessions/{session}")
-                        if s["steps"] == k and s["frames_edited"] > 0:
-                            break
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"no edited frames at {k} steps")
-                        time.sleep(0.2)
+                    wait_until(lambda: (s := server.get(f"api/sessions/{session}"))["steps"] == k
+                               and s["frames_edited"] > 0, 120, what=f"edited frames at {k} steps")
                 time.sleep(args.settle)
                 row = measure(page, server, session, args.seconds, k, 1000 * frames / args.camera_fps, pids_of)
                 if args.quality_results:
@@ -246,8 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         raise ValueError(f"--sizes and --steps are comma-separated ints, --camera-size WxH; got "
                          f"{args.sizes!r}, {args.steps!r}, {args.camera_size!r}") from None
-    if not sizes or not steps or any(s % 8 or s < 32 for s in sizes) or any(not 1 <= k <= 12 for k in steps):
-        raise ValueError(f"sizes must be multiples of 8 (>= 32) and steps in [1, 12]; got {sizes}, {steps}")
+    if not sizes or not steps or any(s % 8 or s < SIZE_MIN for s in sizes) or any(not 1 <= k <= STEPS_MAX for k in steps):
+        raise ValueError(f"sizes must be multiples of 8 (>= {SIZE_MIN}) and steps in [1, {STEPS_MAX}]; "
+                         f"got {sizes}, {steps}")
     args.camera_size = (w, h)
     args.quality_results = quality(args, steps) if args.quality else None
     device = speed.resolve_device(args.device)
@@ -255,12 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = args.name or f"{device.type}-live-{model}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    info = speed.device_info(device)
+    if args.threads:
+        info["threads"] = args.threads
     with tempfile.TemporaryDirectory(prefix="streamedit-bench-live-") as tmp:
         for size in sizes:
             rows = bench_size(args, size, steps, Path(tmp))
-            info = speed.device_info(device)
-            if args.threads:
-                info["threads"] = args.threads
             result = {
                 "name": f"{prefix}-{size}",
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -27,7 +27,7 @@ import av
 import numpy as np
 
 from .frames import to_uint8
-from .session import LiveSession, SessionEnded, parse_command
+from .session import COMMAND_TIMEOUT_S, LiveSession, SessionEnded, parse_command
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,6 @@ def file_track(path: str | Path, loop: bool = True):
             self._buffer: list[np.ndarray] = []
 
         def _read(self) -> list[np.ndarray]:
-            from ..io.video import VideoReader
             for _ in range(2):
                 if self._chunks is None:
                     self._chunks = iter(self._reader)
@@ -180,8 +179,7 @@ def file_track(path: str | Path, loop: bool = True):
                     return list(to_uint8(chunk))
                 if not loop:
                     return []
-                self._reader = VideoReader(self.path, chunk_frames=8)
-                self._chunks = None
+                self._chunks = None  # each iteration of a VideoReader opens the file anew
             return []
 
         async def recv(self):
@@ -247,7 +245,6 @@ class PeerSession:
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
         self._closing = False
-        self.created = time.monotonic()
         session.on_end = self._worker_ended
 
     async def answer(self, sdp: str, kind: str) -> dict:
@@ -330,7 +327,7 @@ class PeerSession:
         except (ValueError, TypeError, SessionEnded) as e:
             self.send({"type": "error", "id": msg_id, "message": str(e)})
 
-    async def run_command(self, cmd: dict, timeout: float = 30.0) -> dict:
+    async def run_command(self, cmd: dict, timeout: float = COMMAND_TIMEOUT_S) -> dict:
         if cmd.get("stop"):
             self._spawn(self.close("stopped by the viewer"))
             return {"stop": True}

@@ -120,11 +120,6 @@ class FrameScheduler:
             self._woken = True
             self._cond.notify_all()
 
-    def clear(self) -> None:
-        with self._cond:
-            self.dropped += len(self._frames)
-            self._frames.clear()
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -145,12 +140,11 @@ class _Due:
 
 @dataclass
 class PacedFrame:
-    """What the output track shows at a tick: the frame, its meta, whether it is new (False: the
-    last edited frame repeated) and how many edited frames were skipped to reach it."""
+    """What the output track shows at a tick: the frame, its meta and whether it is new (False:
+    the last edited frame repeated)."""
     frame: Any
     meta: Any
     new: bool
-    skipped: int = 0
 
 
 class OutputPacer:
@@ -216,7 +210,7 @@ class OutputPacer:
                 return PacedFrame(self._shown.frame, self._shown.meta, new=False)
             self.skipped += skipped
             self.shown += 1
-            self._shown = PacedFrame(due.frame, due.meta, new=True, skipped=skipped)
+            self._shown = PacedFrame(due.frame, due.meta, new=True)
             return self._shown
 
     def clear(self) -> None:

@@ -103,23 +103,24 @@ class SessionManager:
 
     # -- what sessions run (any thread) --
     def configure(self, model, text_encoder, prompt: str, settings: LiveSettings = LiveSettings(), *,
-                  name: str = "", guard: Callable[[], str | None] | None = None,
-                  transition: int | None = None) -> None:
-        """Set what new sessions run; running sessions follow (a new prompt is switched to, a new
-        model or settings rebuild their editors)."""
+                  name: str = "", guard: Callable[[], str | None] | None = None) -> None:
+        """Set what new sessions run; running sessions follow (a new prompt is switched to over
+        the settings' transition, a new model or settings rebuild their editors)."""
         settings = settings.check(model.config)
         prompt = check_live_prompt(prompt)
-        text = text_encoder if isinstance(text_encoder, LockedText) else LockedText(text_encoder)
         with self._lock:
             old = self.engine
-            if old is not None and old.text_encoder.encoder is text_encoder:
+            if isinstance(text_encoder, LockedText):
+                text = text_encoder
+            elif old is not None and old.text_encoder.encoder is text_encoder:
                 text = old.text_encoder  # the same encoder keeps its lock
+            else:
+                text = LockedText(text_encoder)
             self.engine = Engine(model, text, prompt, settings, name, guard)
             sessions = list(self.sessions.values())
         for peer in sessions:
-            if peer.session.guard is not guard:
-                peer.session.guard = guard
-            peer.session.reconfigure(model, text, settings, prompt, transition)
+            peer.session.guard = guard
+            peer.session.reconfigure(model, text, settings, prompt)
 
     def unconfigure(self, reason: str) -> int:
         """No model any more (ComfyUI freed it): end every session with `reason`; new offers are

@@ -168,6 +168,12 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def dominant(split: dict[str, float | None]) -> str | None:
+    """The part of the latency that is largest (None when nothing is measured yet)."""
+    known = {k: v for k, v in split.items() if v is not None}
+    return max(known, key=known.get) if known else None
+
+
 class LiveStats:
     """Rolling counters of one session; `snapshot()` is what the page and the benchmark read."""
 
@@ -213,14 +219,13 @@ class LiveStats:
             parts = [f.split() for f in self._sent]
             computes = [c for _, c in self._computes]
             split = {k: percentile([p[k] for p in parts], 50) for k in ("queue", "pipeline", "compute", "pacing")}
-            known = {k: v for k, v in split.items() if v is not None}
             ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
             return {
                 "input_fps": round(len(self._arrivals) / span, 2),
                 "output_fps": round(len(self._sent) / span, 2),
                 "latency_ms": {f"p{q}": ms(percentile(totals, q)) for q in (50, 95, 99)},
                 "split_ms": {k: ms(v) for k, v in split.items()},
-                "dominant": max(known, key=known.get) if known else None,
+                "dominant": dominant(split),
                 "model_ms_per_step": ms(percentile(computes, 50)),
                 "uptime_s": round(now - self.started, 1),
             }
@@ -294,14 +299,14 @@ class LiveSession:
         return future
 
     def reconfigure(self, model=None, text_encoder=None, settings: LiveSettings | None = None,
-                    prompt: str | None = None, transition: int | None = None) -> concurrent.futures.Future:
+                    prompt: str | None = None) -> concurrent.futures.Future:
         """New model, encoder, settings and/or prompt (the ComfyUI node re-queued): the worker
         rebuilds its editor where the model or settings changed, else switches the prompt."""
         if settings is not None:
             settings.check((model or self.model).config)
         if prompt is not None:
             prompt = check_live_prompt(prompt)
-        return self.command({"reconfigure": (model, text_encoder, settings, prompt, transition)})
+        return self.command({"reconfigure": (model, text_encoder, settings, prompt)})
 
     def next_output(self) -> PacedFrame | None:
         """For the output track, once per tick: the frame to show (see `OutputPacer.next`)."""
@@ -427,8 +432,8 @@ class LiveSession:
             self.editor.set_prompt(cmd["prompt"], transition)
             self.prompt = cmd["prompt"]
             self._read_prompt()
-            return {"prompt": self.prompt, "read_as": self.read_as,
-            "warning": self.warning, "transition": transition}
+            return {"prompt": self.prompt, "read_as": self.read_as, "warning": self.warning,
+                    "transition": transition}
         if cmd.get("reset"):
             self.editor.reset()
             self._in_flight.clear()
@@ -438,13 +443,10 @@ class LiveSession:
             self.steps_wanted = cmd["steps"]
             self._new_editor()
             return {"steps": self.steps}
-        if cmd.get("stop"):
-            self.stop("stopped by the viewer")
-            return {"stop": True}
         if cmd.get("ping"):
             return {"pong": True}
         if "reconfigure" in cmd:
-            model, text, settings, prompt, transition = cmd["reconfigure"]
+            model, text, settings, prompt = cmd["reconfigure"]
             rebuild = (model is not None and model is not self.model) or \
                       (settings is not None and settings != self.settings) or \
                       (text is not None and text is not self.text_encoder)
@@ -458,7 +460,7 @@ class LiveSession:
                 self.prompt = prompt or self.prompt
                 self._new_editor()
             elif prompt is not None and prompt != self.prompt:
-                return self._apply({"prompt": prompt, "transition": transition})
+                return self._apply({"prompt": prompt})  # over the settings' transition
             return {"reconfigured": rebuild, "prompt": self.prompt, "read_as": self.read_as,
                     "warning": self.warning}
         raise ValueError(f"unknown command {cmd!r}")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from live_helpers import REPO, LiveServerProcess, RtcClient
+from streamedit_core.bench.browser import wait_until
 
 PROMPT = "make it black and white"
 
@@ -24,16 +25,6 @@ def server(tmp_path_factory):
                           log_path=log).start()
     yield s
     s.stop()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def test_cli_refuses_a_remote_host_without_the_flag():
@@ -83,7 +74,7 @@ def test_a_session_edits_takes_commands_refuses_beyond_the_cap_and_ends(server):
         assert status == 200 and answer["size"] == 64 and answer["prompt"] == PROMPT
         sid = answer["session"]
         stats = lambda: server.request("GET", f"api/sessions/{sid}")[1]  # noqa: E731
-        await asyncio.to_thread(wait_for, lambda: stats()["frames_edited"] >= 8, 60, "edited frames")
+        await asyncio.to_thread(wait_until, lambda: stats()["frames_edited"] >= 8, 60, what="edited frames")
         assert a.sizes == {(64, 64)}
         assert stats()["read_as"] == "grayscale" and stats()["steps"] == 6
 
@@ -108,7 +99,7 @@ def test_a_session_edits_takes_commands_refuses_beyond_the_cap_and_ends(server):
         assert await asyncio.to_thread(post, {"steps": 3}) == (200, {"steps": 3})
         assert await asyncio.to_thread(post, {"reset": True}) == (200, {"reset": True})
         before = stats()["frames_edited"]
-        await asyncio.to_thread(wait_for, lambda: stats()["frames_edited"] > before, 30, "frames after reset")
+        await asyncio.to_thread(wait_until, lambda: stats()["frames_edited"] > before, 30, what="frames after reset")
         assert stats()["steps"] == 3 and stats()["warmup_frames"] == 8
         assert any(m["type"] == "stats" for m in a.messages)  # pushed over the data channel
 
@@ -187,7 +178,7 @@ def test_a_video_file_as_the_camera_and_the_recording(tmp_path, make_clip):
                     answer = await r.json()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
             stats = lambda: server.request("GET", f"api/sessions/{answer['session']}")[1]  # noqa: E731
-            await asyncio.to_thread(wait_for, lambda: stats()["frames_edited"] >= 8, 60, "edited frames")
+            await asyncio.to_thread(wait_until, lambda: stats()["frames_edited"] >= 8, 60, what="edited frames")
             assert sizes == {0: {(64, 64)}, 1: {(96, 64)}}  # edited (the session's size), source (the file's)
             for t in tasks:
                 t.cancel()
