@@ -120,15 +120,21 @@ def unknown_prompts(model, readings: dict[str, Reading] | None) -> list[str]:
             f"It knows: {edits}, and no edit ('leave it as it is')" for p, r in readings.items() if not r.known]
 
 
+def map_leaves(obj: Any, fn: Callable[[Any], Any], leaf: type = Tensor) -> Any:
+    """`obj` (nested dicts, lists and tuples, as state dicts are) with `fn` applied to every
+    instance of `leaf` in it; everything else is kept as it is."""
+    if isinstance(obj, leaf):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_leaves(v, fn, leaf) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_leaves(v, fn, leaf) for v in obj)
+    return obj
+
+
 def _clone(obj: Any) -> Any:
     """Deep copy of nested dicts/lists of tensors (snapshots must not share storage)."""
-    if isinstance(obj, Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
+    return map_leaves(obj, Tensor.clone)
 
 
 # --- the editor ----------------------------------------------------------------------------

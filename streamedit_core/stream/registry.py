@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .editor import StreamEditor, to_frames
+from .editor import StreamEditor, map_leaves, to_frames
 from .schedule import PromptSchedule
 
 log = logging.getLogger(__name__)
@@ -124,37 +124,19 @@ class _OnDevice:
 def _offload(obj: Any) -> Any:
     """A state dict with every tensor copied to host memory (rollback snapshots stay off the
     accelerator; `_restore` puts them back where they were)."""
-    if isinstance(obj, Tensor):
-        return _OnDevice(obj.detach().to("cpu", copy=True), obj.device)
-    if isinstance(obj, dict):
-        return {k: _offload(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_offload(v) for v in obj)
-    return obj
+    return map_leaves(obj, lambda t: _OnDevice(t.detach().to("cpu", copy=True), t.device))
 
 
 def _restore(obj: Any) -> Any:
-    if isinstance(obj, _OnDevice):
-        return obj.tensor.to(obj.device)
-    if isinstance(obj, dict):
-        return {k: _restore(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_restore(v) for v in obj)
-    return obj
+    return map_leaves(obj, lambda o: o.tensor.to(o.device), leaf=_OnDevice)
 
 
 def _tensor_bytes(obj: Any, out: dict[str, int]) -> dict[str, int]:
-    """Bytes of the tensors in a (nested) state, per device."""
-    if isinstance(obj, Tensor):
-        out[str(obj.device)] = out.get(str(obj.device), 0) + obj.numel() * obj.element_size()
-    elif isinstance(obj, _OnDevice):
-        _tensor_bytes(obj.tensor, out)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _tensor_bytes(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _tensor_bytes(v, out)
+    """Bytes of the tensors in a (nested) state, per device (a snapshot's: on the host)."""
+    def count(t: Tensor) -> None:
+        out[str(t.device)] = out.get(str(t.device), 0) + t.numel() * t.element_size()
+
+    map_leaves(map_leaves(obj, lambda o: o.tensor, leaf=_OnDevice), count)
     return out
 
 
