@@ -20,7 +20,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..streamedit_core.model import StreamEditModel
 from ..streamedit_core.model.text import TextEnsemble
-from ..streamedit_core.stream.editor import read_prompts, unknown_prompts
+from ..streamedit_core.stream.editor import describe_prompts
 from ..streamedit_core.stream.registry import REGISTRY, Stream
 from ..streamedit_core.stream.schedule import PromptSchedule
 
@@ -145,13 +145,10 @@ class EditText:
 def read_as(model: StreamEditModel, encoder, prompts: Sequence[str], strict: bool = False) -> str:
     """What the model reads the prompts as, one line each, for a `read_as` output and the console;
     a prompt it does not know is a warning, or with `strict` an error."""
-    readings = read_prompts(model, encoder, prompts)
-    warnings = unknown_prompts(model, readings)
-    if strict and warnings:
-        raise ValueError(f"{warnings[0]} (strict is on: turn it off to edit it as the nearest)")
+    warnings, lines = describe_prompts(
+        model, encoder, prompts, strict="strict is on: turn it off to edit it as the nearest" if strict else None)
     for warning in warnings:
         log.warning("StreamEdit: %s", warning)
-    lines = [f"{p!r} is read as {r}" for p, r in (readings or {}).items()]
     for line in lines:
         log.info("StreamEdit: %s", line)
     return "\n".join(["WARNING: " + w for w in warnings] + lines) or \

@@ -86,7 +86,7 @@ def main_edit(argv: Sequence[str]) -> int:
     import os
 
     from .stream.edit import edit_video, parse_size
-    from .stream.editor import read_prompts, unknown_prompts
+    from .stream.editor import describe_prompts
     from .stream.schedule import PromptSchedule, check_prompt
     from .types import resolve_device
 
@@ -101,13 +101,12 @@ def main_edit(argv: Sequence[str]) -> int:
     device = resolve_device(args.device)
     model, text = load_model_and_text(args, device)
     prompts = prompt.prompts if isinstance(prompt, PromptSchedule) else [prompt]
-    readings = read_prompts(model, text, prompts)  # what a closed-vocabulary model will do
-    for message in unknown_prompts(model, readings):
-        if args.strict:
-            raise UsageError(f"{message} (--strict)")
+    # what a closed-vocabulary model will do
+    warnings, lines = describe_prompts(model, text, prompts, strict="--strict" if args.strict else None)
+    for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
-    for p, reading in (readings or {}).items():
-        print(f"{p!r} is read as {reading}")
+    for line in lines:
+        print(line)
 
     bar = None
 

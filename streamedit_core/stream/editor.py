@@ -120,6 +120,18 @@ def unknown_prompts(model, readings: dict[str, Reading] | None) -> list[str]:
             f"It knows: {edits}, and no edit ('leave it as it is')" for p, r in readings.items() if not r.known]
 
 
+def describe_prompts(model, text_encoder, prompts: Sequence[str],
+                     strict: str | None = None) -> tuple[list[str], list[str]]:
+    """What the CLI and the nodes tell a user before an edit: (warnings for prompts the model
+    does not know, "'p' is read as sepia (distance ...)" lines); both empty for a model without a
+    vocabulary. With `strict` (how the user turns it off), an unknown prompt is a ValueError."""
+    readings = read_prompts(model, text_encoder, prompts)
+    warnings = unknown_prompts(model, readings)
+    if strict and warnings:
+        raise ValueError(f"{warnings[0]} ({strict})")
+    return warnings, [f"{p!r} is read as {r}" for p, r in (readings or {}).items()]
+
+
 def map_leaves(obj: Any, fn: Callable[[Any], Any], leaf: type = Tensor) -> Any:
     """`obj` (nested dicts, lists and tuples, as state dicts are) with `fn` applied to every
     instance of `leaf` in it; everything else is kept as it is."""
