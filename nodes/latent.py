@@ -142,11 +142,14 @@ class DiTSampler(io.ComfyNode):
         settings = dict(seed=seed, steps=steps, window_min=window_min, window_max=window_max)
         reading = read_as(m, text.encoder, text.schedule.prompts, strict)
         stream = open_stream(model, stream_id, chunk_index)
+
+        def new_editor() -> StreamEditor:
+            return StreamEditor(m, text.encoder, text.schedule, attention=model.attention, **settings)
+
         if stream is None:  # a whole clip: edited from its start, flushed at its end
-            editor, flush = StreamEditor(m, text.encoder, text.schedule, attention=model.attention, **settings), True
+            editor, flush = new_editor(), True
         else:
-            editor = stream.part("editor", lambda: StreamEditor(m, text.encoder, text.schedule,
-                                                                attention=model.attention, **settings))
+            editor = stream.part("editor", new_editor)  # made at chunk 0
             check_editor_settings(editor, stream_id, **settings)
             editor.set_schedule(text.schedule)
         result = {"samples": sample_latents(editor, samples, flush=flush, progress=progress_bar())}

@@ -9,8 +9,7 @@ from comfy_api.input_impl import VideoFromFile
 from comfy_api.latest import io, ui
 
 from ..streamedit_core.io.video import ChunkReader, VideoReader
-from ..streamedit_core.stream.edit import edit_video, parse_size, working_size
-from ..streamedit_core.stream.editor import check_frame_size
+from ..streamedit_core.stream.edit import edit_video, parse_size
 from .common import (CATEGORY, CHUNK_INDEX_TOOLTIP, READ_AS_TOOLTIP, STRICT_TOOLTIP, EditText, LoadedModel,
                      ModelType, TextType, progress_bar, read_as, resolve_inside, show_warning)
 
@@ -88,9 +87,7 @@ class EditVideo(io.ComfyNode):
                 filename_prefix: str = "streamedit/edit", size: int = 0, strict: bool = False) -> io.NodeOutput:
         source = resolve_inside(folder_paths.get_input_directory(), video, "video")
         m = model.get()
-        reader = VideoReader(source)  # the header: the output's size
-        work = working_size(reader.width, reader.height, parse_size(size), m.config.spatial_stride)
-        check_frame_size(m.config, work[1], work[0])
+        reader = VideoReader(source)  # the header: the output's size (edit_video checks the sizes)
         path, filename, subfolder = output_path(filename_prefix, reader.width, reader.height)
         reading = read_as(m, text.encoder, text.schedule.prompts, strict)  # before the edit: the console says what the model will do
         edit_video(m, text.encoder, source, path, text.schedule, seed=seed, steps=steps,

@@ -180,7 +180,7 @@ def edit_video(model, text_encoder, in_path: str | os.PathLike, out_path: str | 
     width, height = header.width, header.height
     work = working_size(width, height, size, model.config.spatial_stride)
     check_frame_size(model.config, work[1], work[0])
-    reader = VideoReader(in_path, chunk_frames=chunk_frames, size=None if work == (width, height) else work)
+    reader = header if work == (width, height) else VideoReader(in_path, chunk_frames=chunk_frames, size=work)
     editor = StreamEditor(model, text_encoder, prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
                           window_min=window_min, window_max=window_max, attention=attention)
     warnings = []
