@@ -73,17 +73,18 @@ def write_clip(path: Path, size: int, frames: int) -> None:
 
 
 def job_prompt(template: dict, *, model: str, prompt: str, stream_id: str, chunk: int,
-               chunk_frames: int, steps: int) -> dict:
-    """The workflow as queued for one chunk: every node of a kind gets the same values."""
+               chunk_frames: int, steps: int, video: str = CLIP_NAME, **sampler: Any) -> dict:
+    """The workflow as queued for one chunk: every node of a kind gets the same values
+    (`sampler`: more DiT Sampler inputs, e.g. another seed)."""
     api = copy.deepcopy(template)
     values = {
         "StreamEditModelLoader": {"ckpt_name": model},
         "StreamEditTextEncode": {"prompt": prompt},
         "PrimitiveInt": {"value": chunk},
-        "StreamEditLoadVideoChunk": {"video": CLIP_NAME, "chunk_frames": chunk_frames},
+        "StreamEditLoadVideoChunk": {"video": video, "chunk_frames": chunk_frames},
         "StreamEditSTLEEncode": {"stream_id": stream_id},
         "StreamEditDiTSampler": {"stream_id": stream_id, "steps": steps, "seed": 0,
-                                 "window_min": 1, "window_max": 4},
+                                 "window_min": 1, "window_max": 4, **sampler},
         "StreamEditSTLEDecode": {"stream_id": stream_id},
     }
     for node in api.values():

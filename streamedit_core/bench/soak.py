@@ -26,7 +26,6 @@ files Preview Image writes: their decompressed image data (IDAT), so no image li
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -47,7 +46,7 @@ from ..io.checkpoint import SHIPPED_MODEL
 from ..io.video import VideoWriter
 from . import speed as bench
 from .comfyui import COMFYUI_ROOT, REPO, ComfyClient, ComfyServer, PromptRejected, ui_to_api
-from .comfyui_bench import place_model, write_clip
+from .comfyui_bench import job_prompt, place_model, write_clip
 
 WORKFLOW = REPO / "workflows" / "stream_chunks.json"
 CLIP = "soak_pan.mp4"
@@ -134,21 +133,10 @@ class Soak:
     # -- jobs --
 
     def prompt(self, stream_id: str, chunk: int, **change: Any) -> dict:
-        api = copy.deepcopy(self.template)
-        values = {
-            "StreamEditModelLoader": {"ckpt_name": self.model},
-            "StreamEditTextEncode": {"prompt": change.pop("prompt", PROMPT)},
-            "PrimitiveInt": {"value": chunk},
-            "StreamEditLoadVideoChunk": {"video": change.pop("video", CLIP),
-                                         "chunk_frames": change.pop("chunk_frames", self.chunk_frames)},
-            "StreamEditSTLEEncode": {"stream_id": stream_id},
-            "StreamEditDiTSampler": {"stream_id": stream_id, "steps": self.args.steps, "seed": 0,
-                                     "window_min": 1, "window_max": 4, **change},
-            "StreamEditSTLEDecode": {"stream_id": stream_id},
-        }
-        for node in api.values():
-            node["inputs"].update(values.get(node["class_type"], {}))
-        return api
+        """The soak's workflow for one chunk; `change`: prompt, video, chunk_frames or DiT Sampler inputs."""
+        change = {"prompt": PROMPT, "video": CLIP, "chunk_frames": self.chunk_frames, "steps": self.args.steps,
+                  **change}
+        return job_prompt(self.template, model=self.model, stream_id=stream_id, chunk=chunk, **change)
 
     def run(self, api: dict, on_event=None):
         return self.client.wait(self.client.queue(api), timeout=self.args.timeout, on_event=on_event)
