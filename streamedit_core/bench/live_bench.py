@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..live.session import SIZE_MIN, STEPS_MAX, FrameTiming, dominant, percentile
+from ..types import resolve_device
 from . import speed
 from .browser import FrameCode, LivePage, chromium, first_showings, make_fake_camera, match_latency, wait_until
 from .comfyui import REPO
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"got {sizes}, {steps}")
     args.camera_size = (w, h)
     args.quality_results = quality(args, steps) if args.quality else None
-    device = speed.resolve_device(args.device)
+    device = resolve_device(args.device)
     model = Path(args.checkpoint).stem if args.checkpoint else (args.preset or "shipped")
     prefix = args.name or f"{device.type}-live-{model}"
     out = Path(args.out)

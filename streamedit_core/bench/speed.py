@@ -37,7 +37,7 @@ import torch
 
 from ..config import ATTENTION_BACKENDS, PRESETS, ModelConfig, get_preset
 from ..io.files import write_atomic
-from ..types import resolve_device as _resolve_device
+from ..types import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ PAPER_TABLE_4 = {"fps": 18.0, "latency_ms": 55.0, "memory_gb": 18.0}
 
 
 # --- environment ---------------------------------------------------------------------------
-resolve_device = _resolve_device  # the one device check (types.py), as the CLI and eval use it
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

