@@ -120,7 +120,7 @@ def parse_command(msg: Any) -> dict:
 
 
 class LockedText:
-    """A text encoder shared by sessions in several threads: encode/null under one lock."""
+    """A text encoder shared by sessions in several threads: its calls under one lock."""
 
     def __init__(self, encoder) -> None:
         self.encoder = encoder
@@ -133,6 +133,10 @@ class LockedText:
     def null(self, batch: int = 1):
         with self._lock:
             return self.encoder.null(batch)
+
+    def sentence_vectors(self, prompts, member=None):  # the vocabulary's reading of a prompt
+        with self._lock:
+            return self.encoder.sentence_vectors(prompts, member)
 
     def __getattr__(self, name: str):
         return getattr(self.encoder, name)
